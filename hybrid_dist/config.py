@@ -1,0 +1,247 @@
+"""One typed config tree, loaded from YAML with ``key=value`` overrides.
+
+Unknown keys and values of the wrong type are errors that name the file, the line and the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class ScratchEncoderConfig:
+    """A small BERT built from this config (random init) with a tokenizer trained on the training
+    text: the no-download fallback when ``model.name_or_path`` is empty."""
+
+    hidden_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    intermediate_size: int = 512
+    vocab_size: int = 8000
+    dropout: float = 0.1
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str | None = None  # hub id or local directory; empty: build `scratch`
+    scratch: ScratchEncoderConfig = field(default_factory=ScratchEncoderConfig)
+    pooling: Literal["mean", "cls"] = "mean"
+    normalize: bool = True
+    query_prefix: str = "query: "
+    passage_prefix: str = "passage: "
+    max_length: int = 128
+
+
+@dataclass
+class DataConfig:
+    format: Literal["squad_dir", "jsonl", "hf"] = "squad_dir"
+    path: str = "../shared/data/xquad-r"
+    languages: list[str] | None = None  # None: every language found
+    passage_text: Literal["sentence", "sentence_and_paragraph"] = "sentence"
+    max_hard_negatives: int = 0  # squad_dir: other sentences of the paragraph/article kept per record
+    split: Literal["parity", "hash", "none"] = "parity"
+    heldout_fraction: float = 0.5  # for split=hash
+    hf_split: str = "train"
+    hf_config_name: str | None = None
+    hf_columns: dict[str, str] | None = None  # canonical field -> dataset column
+    num_workers: int = 0  # DataLoader workers that tokenize ahead of the training step
+
+
+@dataclass
+class SamplerConfig:
+    mode: Literal["mono", "cross", "hybrid", "multilingual"] = "hybrid"
+    alpha: float = 0.5
+    batch_size: int = 100  # global: pairs per optimizer step over all ranks
+    smoothing: float = 1.0
+    language_draw: Literal["batch", "pair"] = "batch"
+    translations_per_group: int = 1
+    num_negatives: int = 0
+
+
+@dataclass
+class LossConfig:
+    name: Literal["infonce", "multilingual"] = "infonce"
+    temperature: float = 0.05
+    aggregation: Literal["mean", "sum"] = "mean"  # multilingual loss only
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-5
+    weight_decay: float = 0.01
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    warmup_steps: int = 0
+    scheduler: Literal["linear", "constant"] = "linear"
+    max_grad_norm: float = 1.0  # 0 disables clipping
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "runs/default"
+    max_steps: int = 200
+    seed: int = 0
+    gradient_accumulation_steps: int = 1
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"  # auto: bf16 where the GPU has it
+    log_every: int = 10
+    save_every: int = 100  # 0: only at the end
+    keep_last: int = 2
+    resume: str | None = None  # "auto" (newest checkpoint in output_dir) or a checkpoint path
+    progress_bar: bool = True
+
+
+@dataclass
+class EvalConfig:
+    before_training: bool = True
+    after_training: bool = True
+    every_steps: int = 0  # 0: never during training
+    metric: str = "multi_map"  # the held-out metric that picks the best checkpoint
+    part: Literal["heldout", "train", "all"] = "heldout"
+    candidate_context: bool = False
+    batch_size: int = 64
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# ---------------------------------------------------------------------- loading
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the YAML file, then ``key=value`` overrides (``sampler.alpha=0.25``)."""
+    cfg = Config()
+    if path is not None:
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read config: {e.strerror}") from None
+        try:
+            node = yaml.compose(text)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}" if mark else str(path)
+            raise ConfigError(f"{where}: invalid YAML: {getattr(e, 'problem', e)}") from None
+        if node is not None:
+            _apply_node(cfg, node, str(path), prefix="")
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: expected key=value, e.g. sampler.alpha=0.25")
+        _set_path(cfg, key.strip(), yaml.safe_load(raw) if raw.strip() else None, f"override {item!r}")
+    return cfg
+
+
+def _apply_node(obj: Any, node: yaml.MappingNode, source: str, prefix: str) -> None:
+    if not isinstance(node, yaml.MappingNode):
+        raise ConfigError(f"{source}:{node.start_mark.line + 1}: {prefix or 'top level'}: expected a mapping")
+    hints = typing.get_type_hints(type(obj))
+    for key_node, value_node in node.value:
+        key, line = key_node.value, key_node.start_mark.line + 1
+        dotted = f"{prefix}{key}"
+        where = f"{source}:{line}: {dotted}"
+        if key not in hints:
+            raise ConfigError(f"{where}: unknown key; {prefix or 'top-level '}keys are {sorted(hints)}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current) and isinstance(value_node, yaml.MappingNode):
+            _apply_node(current, value_node, source, prefix=f"{dotted}.")
+        else:
+            value = yaml.safe_load(yaml.serialize(value_node))
+            setattr(obj, key, _coerce(value, hints[key], where))
+
+
+def _set_path(cfg: Config, dotted: str, value: Any, where: str) -> None:
+    obj, parts = cfg, dotted.split(".")
+    for i, part in enumerate(parts):
+        hints = typing.get_type_hints(type(obj))
+        if part not in hints:
+            known = ".".join(parts[:i]) or "top level"
+            raise ConfigError(f"{where}: unknown key {dotted!r}; {known} keys are {sorted(hints)}")
+        if i == len(parts) - 1:
+            setattr(obj, part, _coerce(value, hints[part], f"{where}: {dotted}"))
+        else:
+            obj = getattr(obj, part)
+            if not dataclasses.is_dataclass(obj):
+                raise ConfigError(f"{where}: {'.'.join(parts[: i + 1])} is not a section")
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0])
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: {value!r} is not one of {list(args)}")
+        return value
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping")
+        obj = annotation()
+        for key, item in value.items():
+            _set_path(obj, key, item, where)  # type: ignore[arg-type]
+        return obj
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return {_coerce(k, args[0], where): _coerce(v, args[1], f"{where}.{k}") for k, v in value.items()}
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 3e-5 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if annotation is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    raise ConfigError(f"{where}: unsupported config type {annotation}")
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True), encoding="utf-8")

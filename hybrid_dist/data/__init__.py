@@ -1,0 +1,36 @@
+"""Data: canonical records, loaders (SQuAD-format directories, JSONL, HF datasets), the
+parallel corpus and the article split."""
+
+from __future__ import annotations
+
+from hybrid_dist.data.corpus import ParallelCorpus
+from hybrid_dist.data.records import DataError, ParallelRecord
+from hybrid_dist.data.split import ArticleSplit
+
+__all__ = ["ArticleSplit", "DataError", "ParallelCorpus", "ParallelRecord", "load_corpus"]
+
+
+def load_corpus(cfg, part: str = "train") -> ParallelCorpus:
+    """The records ``cfg`` (a ``DataConfig``) names, restricted to one part of the article split."""
+    from hybrid_dist.data.hf import read_hf_dataset
+    from hybrid_dist.data.jsonl import read_jsonl
+    from hybrid_dist.data.squad import read_squad_dir, records_from_squad
+
+    if cfg.format == "squad_dir":
+        parsed = read_squad_dir(cfg.path, cfg.languages)
+        records = records_from_squad(parsed, cfg.passage_text, cfg.max_hard_negatives)
+    elif cfg.format == "jsonl":
+        records = read_jsonl(cfg.path)
+    elif cfg.format == "hf":
+        records = read_hf_dataset(cfg.path, cfg.hf_split, cfg.hf_config_name, cfg.hf_columns)
+    else:
+        raise ValueError(f"data.format must be squad_dir, jsonl or hf, got {cfg.format!r}")
+    if cfg.languages is not None and cfg.format != "squad_dir":
+        records = [r for r in records if r.lang in set(cfg.languages)]
+    corpus = ParallelCorpus(records, source=str(cfg.path))
+    missing = sorted(set(cfg.languages or []) - set(corpus.languages))
+    if missing:
+        raise DataError(str(cfg.path), None, "lang", f"no records for language(s) {missing}")
+    split = ArticleSplit(cfg.split, cfg.heldout_fraction)
+    subset = corpus.subset(split.select(corpus.articles(), part), source=f"{cfg.path} ({part} articles)")
+    return subset

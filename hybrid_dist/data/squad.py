@@ -1,0 +1,231 @@
+"""SQuAD-format directories, one JSON file per language, parallel by question id.
+
+Covers XQuAD, XQuAD-R (with ``sentences``/``sentence_breaks``), MLQA-style files and
+translated SQuAD. Paragraphs without sentence breaks are split with a simple punctuation rule.
+This module only parses and validates; ``records_from_squad`` turns the parse into training
+records, and the evaluation harness builds its candidate pools from the same parse.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from hybrid_dist.data.records import DataError, ParallelRecord
+
+PassageText = Literal["sentence", "sentence_and_paragraph"]
+
+# "en.json", "xquad.en.json", "test-context-de-question-de.json" (MLQA, same language only)
+_MLQA_NAME = re.compile(r"context-([A-Za-z_-]+?)-question-([A-Za-z_-]+)$")
+_SENTENCE_END = re.compile(r"(?<=[.!?。！？؟।])\s+|(?<=[。！？])")
+
+
+@dataclass(frozen=True)
+class SquadQuestion:
+    qid: str
+    question: str
+    answer_start: int
+    answer_text: str
+    answer_sentences: tuple[int, ...]  # every sentence the answer span overlaps; the first holds its start
+
+
+@dataclass(frozen=True)
+class SquadParagraph:
+    context: str
+    sentences: tuple[str, ...]
+    questions: tuple[SquadQuestion, ...]
+
+
+@dataclass(frozen=True)
+class SquadArticle:
+    title: str
+    paragraphs: tuple[SquadParagraph, ...]
+
+
+def language_of(path: Path) -> str:
+    """The language code a file name stands for."""
+    stem = path.name[: -len(".json")] if path.name.endswith(".json") else path.stem
+    mlqa = _MLQA_NAME.search(stem)
+    if mlqa:
+        return mlqa.group(1)
+    return stem.rsplit(".", 1)[-1]
+
+
+def language_files(directory: str | Path, languages: list[str] | None = None) -> dict[str, Path]:
+    """Language code -> file, for every ``*.json`` in ``directory`` (or only ``languages``)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise DataError(str(directory), None, None, "not a directory of SQuAD-format JSON files")
+    files: dict[str, Path] = {}
+    for path in sorted(directory.glob("*.json")):
+        lang = language_of(path)
+        if lang in files:
+            raise DataError(str(path), None, None, f"second file for language '{lang}' (first: {files[lang].name})")
+        files[lang] = path
+    if languages is not None:
+        missing = [lang for lang in languages if lang not in files]
+        if missing:
+            raise DataError(str(directory), None, None, f"no file for language(s) {missing}; found {sorted(files)}")
+        files = {lang: files[lang] for lang in languages}
+    if not files:
+        raise DataError(str(directory), None, None, "no *.json files")
+    return files
+
+
+def split_sentences(context: str) -> list[tuple[int, int]]:
+    """Sentence spans for a paragraph that ships no ``sentence_breaks``."""
+    spans, start = [], 0
+    for match in _SENTENCE_END.finditer(context):
+        end = match.start()
+        if end > start:
+            spans.append((start, end))
+        start = match.end()
+    if start < len(context):
+        spans.append((start, len(context)))
+    return spans or [(0, len(context))]
+
+
+def read_squad_file(path: str | Path) -> list[SquadArticle]:
+    """Parse and validate one file; every problem is a ``DataError`` naming file, record, field."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise DataError(str(path), f"line {line}", None, f"not valid UTF-8 ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise DataError(str(path), None, None, f"cannot read: {e.strerror}") from None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(str(path), f"line {e.lineno} column {e.colno}", None, f"invalid JSON: {e.msg}") from None
+    src = str(path)
+    data = _field(doc, "data", list, src, "top level")
+    articles = []
+    seen: dict[str, str] = {}
+    for a_idx, article in enumerate(data):
+        where = f"data[{a_idx}]"
+        title = _field(article, "title", str, src, where)
+        paragraphs = []
+        for p_idx, para in enumerate(_field(article, "paragraphs", list, src, where)):
+            paragraphs.append(_parse_paragraph(para, src, f"{where}.paragraphs[{p_idx}]", seen))
+        articles.append(SquadArticle(title, tuple(paragraphs)))
+    if not seen:
+        raise DataError(src, None, "qas", "the file holds no questions (a language with no records)")
+    return articles
+
+
+def _parse_paragraph(para, src: str, where: str, seen: dict[str, str]) -> SquadParagraph:
+    context = _field(para, "context", str, src, where)
+    if "sentence_breaks" in para:
+        breaks = _field(para, "sentence_breaks", list, src, where)
+        spans = []
+        for i, span in enumerate(breaks):
+            if not (isinstance(span, list) and len(span) == 2 and all(isinstance(x, int) for x in span)):
+                raise DataError(src, where, f"sentence_breaks[{i}]", f"expected [start, end], got {span!r}")
+            if not 0 <= span[0] <= span[1] <= len(context):
+                raise DataError(src, where, f"sentence_breaks[{i}]", f"{span} outside the context (length {len(context)})")
+            spans.append((span[0], span[1]))
+    else:
+        spans = split_sentences(context)
+    if "sentences" in para:
+        sentences = _field(para, "sentences", list, src, where)
+        if len(sentences) != len(spans):
+            raise DataError(src, where, "sentences", f"{len(sentences)} sentences but {len(spans)} sentence_breaks")
+    else:
+        sentences = [context[b:e].strip() for b, e in spans]
+    questions = []
+    for q_idx, qa in enumerate(_field(para, "qas", list, src, where)):
+        q_where = f"{where}.qas[{q_idx}]"
+        qid = str(_field(qa, "id", (str, int), src, q_where))
+        q_where = f"{q_where} (id {qid})"
+        question = _field(qa, "question", str, src, q_where)
+        if not question.strip():
+            raise DataError(src, q_where, "question", "empty question")
+        answers = _field(qa, "answers", list, src, q_where)
+        if not answers:
+            raise DataError(src, q_where, "answers", "no answer")
+        answer = answers[0]
+        start = _field(answer, "answer_start", int, src, f"{q_where}.answers[0]")
+        answer_text = _field(answer, "text", str, src, f"{q_where}.answers[0]")
+        end = start + len(answer_text)
+        if start < 0 or end > len(context):
+            raise DataError(src, f"{q_where}.answers[0]", "answer_start",
+                            f"span [{start}, {end}) outside the context (length {len(context)})")
+        if context[start:end] != answer_text:
+            raise DataError(src, f"{q_where}.answers[0]", "text",
+                            f"{answer_text!r} does not match the context at {start} ({context[start:end]!r})")
+        overlapping = tuple(i for i, (b, e) in enumerate(spans) if b < max(end, start + 1) and e > start)
+        if not overlapping:  # the start sits in the whitespace between two sentences
+            overlapping = tuple(i for i, (b, _) in enumerate(spans) if b >= start)[:1]
+        if not overlapping:
+            raise DataError(src, f"{q_where}.answers[0]", "answer_start", "not inside any sentence")
+        if qid in seen and seen[qid] != question:
+            raise DataError(src, q_where, "id", f"duplicate id with a different question (first: {seen[qid]!r})")
+        seen[qid] = question
+        questions.append(SquadQuestion(qid, question, start, answer_text, overlapping))
+    return SquadParagraph(context, tuple(str(s) for s in sentences), tuple(questions))
+
+
+def _field(obj, name: str, types, src: str, where: str):
+    if not isinstance(obj, dict):
+        raise DataError(src, where, name, f"expected an object holding '{name}', got {type(obj).__name__}")
+    if name not in obj:
+        raise DataError(src, where, name, "missing")
+    value = obj[name]
+    if not isinstance(value, types) or isinstance(value, bool):
+        expected = " or ".join(t.__name__ for t in (types if isinstance(types, tuple) else (types,)))
+        raise DataError(src, where, name, f"expected {expected}, got {type(value).__name__}")
+    return value
+
+
+def read_squad_dir(directory: str | Path, languages: list[str] | None = None) -> dict[str, list[SquadArticle]]:
+    return {lang: read_squad_file(path) for lang, path in language_files(directory, languages).items()}
+
+
+def article_order(parsed: dict[str, list[SquadArticle]]) -> list[str]:
+    """Article titles in order of first appearance, reading languages in sorted order; the
+    ``parity`` split uses these positions."""
+    order: dict[str, None] = {}
+    for lang in sorted(parsed):
+        for article in parsed[lang]:
+            order.setdefault(article.title, None)
+    return list(order)
+
+
+def records_from_squad(
+    parsed: dict[str, list[SquadArticle]],
+    passage_text: PassageText = "sentence",
+    max_hard_negatives: int = 0,
+) -> list[ParallelRecord]:
+    """One record per (question, language); the positive is the sentence holding the answer start.
+
+    ``max_hard_negatives`` keeps up to that many other sentences of the same paragraph, then of
+    the same article, as hard negatives."""
+    if passage_text not in ("sentence", "sentence_and_paragraph"):
+        raise ValueError(f"passage_text must be 'sentence' or 'sentence_and_paragraph', got {passage_text!r}")
+    records = []
+    for lang in sorted(parsed):
+        for a_idx, article in enumerate(parsed[lang]):
+            article_sentences = [(p_idx, s_idx, s) for p_idx, p in enumerate(article.paragraphs)
+                                 for s_idx, s in enumerate(p.sentences)]
+            for p_idx, para in enumerate(article.paragraphs):
+                for q in para.questions:
+                    s_idx = q.answer_sentences[0]
+                    sentence = para.sentences[s_idx]
+                    positive = sentence if passage_text == "sentence" else f"{sentence}\n{para.context}"
+                    negatives: tuple[str, ...] = ()
+                    if max_hard_negatives > 0:
+                        answer = set(q.answer_sentences)
+                        same_para = [s for i, s in enumerate(para.sentences) if i not in answer]
+                        others = [s for pi, _, s in article_sentences if pi != p_idx]
+                        negatives = tuple(dict.fromkeys(x for x in same_para + others if x != sentence))[:max_hard_negatives]
+                    records.append(ParallelRecord(
+                        group_id=q.qid, lang=lang, query=q.question, positive=positive, negatives=negatives,
+                        article=article.title, positive_id=f"{lang}/{a_idx}/{p_idx}/{s_idx}",
+                    ))
+    return records

@@ -1,0 +1,235 @@
+"""A shared-weight bi-encoder over any Hugging Face encoder, saved in a layout that both
+``transformers.AutoModel`` and ``sentence_transformers.SentenceTransformer`` load."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+Kind = Literal["query", "passage"]
+Pooling = Literal["mean", "cls"]
+
+
+class PrefixTokenizer:
+    """Adds the query/passage prefix and tokenizes; small and picklable, so DataLoader workers
+    can tokenize off the training step's hot path."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, query_prefix: str, passage_prefix: str, max_length: int):
+        self.tokenizer = tokenizer
+        self.prefixes = {"query": query_prefix, "passage": passage_prefix}
+        self.max_length = max_length
+
+    def __call__(self, texts: Sequence[str], kind: Kind) -> dict[str, torch.Tensor]:
+        prefix = self.prefixes[kind]
+        return dict(
+            self.tokenizer(
+                [prefix + t for t in texts],
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+            )
+        )
+
+
+class BiEncoder(nn.Module):
+    """Encodes queries and passages with one encoder; embeddings are pooled and L2-normalised."""
+
+    def __init__(
+        self,
+        encoder: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        pooling: Pooling = "mean",
+        normalize: bool = True,
+        query_prefix: str = "query: ",
+        passage_prefix: str = "passage: ",
+        max_length: int = 128,
+    ):
+        super().__init__()
+        if pooling not in ("mean", "cls"):
+            raise ValueError(f"pooling must be 'mean' or 'cls', got {pooling!r}")
+        if getattr(encoder, "pooler", None) is not None:
+            encoder.pooler = None  # unused by mean/CLS pooling; unused parameters would break DDP
+        self.encoder = encoder
+        self.tokenizer = tokenizer
+        self.pooling = pooling
+        self.normalize = normalize
+        self.prefixes = {"query": query_prefix, "passage": passage_prefix}
+        self.max_length = max_length
+        self.text_tokenizer = PrefixTokenizer(tokenizer, query_prefix, passage_prefix, max_length)
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike,
+        pooling: Pooling | None = None,
+        normalize: bool | None = None,
+        query_prefix: str | None = None,
+        passage_prefix: str | None = None,
+        max_length: int | None = None,
+        **model_kwargs,
+    ) -> "BiEncoder":
+        """Load a hub id or a local directory. Settings saved with the model (our own layout or
+        any sentence-transformers directory) are used unless an argument overrides them."""
+        saved = _read_saved_settings(Path(name_or_path)) if Path(name_or_path).is_dir() else {}
+        encoder = AutoModel.from_pretrained(str(name_or_path), **model_kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(str(name_or_path))
+
+        def pick(arg, key, default):
+            return arg if arg is not None else saved.get(key, default)
+
+        return cls(
+            encoder,
+            tokenizer,
+            pooling=pick(pooling, "pooling", "mean"),
+            normalize=pick(normalize, "normalize", True),
+            query_prefix=pick(query_prefix, "query_prefix", "query: "),
+            passage_prefix=pick(passage_prefix, "passage_prefix", "passage: "),
+            max_length=pick(max_length, "max_length", 128),
+        )
+
+    # ------------------------------------------------------------------ encoding
+    @property
+    def dim(self) -> int:
+        return self.encoder.config.hidden_size
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.encoder.parameters()).device
+
+    def tokenize(self, texts: Sequence[str], kind: Kind) -> dict[str, torch.Tensor]:
+        return self.text_tokenizer(texts, kind)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **features) -> torch.Tensor:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **features).last_hidden_state
+        if self.pooling == "cls":
+            pooled = hidden[:, 0]
+        else:
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        pooled = pooled.float()
+        return nn.functional.normalize(pooled, dim=-1) if self.normalize else pooled
+
+    @torch.no_grad()
+    def encode(
+        self,
+        texts: Sequence[str],
+        kind: Kind,
+        batch_size: int = 64,
+        show_progress: bool = False,
+    ) -> torch.Tensor:
+        """Embeddings (float32, on CPU) in input order. Texts are batched by length so little
+        compute goes to padding."""
+        from tqdm.auto import tqdm
+
+        was_training = self.training
+        self.eval()
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
+        out = torch.empty(len(texts), self.dim)
+        starts = range(0, len(texts), batch_size)
+        for start in tqdm(starts, desc=f"encode {kind}", disable=not show_progress, unit="batch"):
+            idx = order[start : start + batch_size]
+            features = {k: v.to(self.device) for k, v in self.tokenize([texts[i] for i in idx], kind).items()}
+            out[idx] = self(**features).float().cpu()
+        self.train(was_training)
+        return out
+
+    # ------------------------------------------------------------------ saving
+    def save_pretrained(self, out_dir: str | os.PathLike) -> Path:
+        """Write the model atomically: into a temporary sibling directory, renamed when complete,
+        so an interrupted save never leaves a half-written model where a good one was."""
+        out = Path(out_dir)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        try:
+            encoder = getattr(self.encoder, "module", self.encoder)
+            encoder.save_pretrained(tmp, safe_serialization=True)
+            self.tokenizer.save_pretrained(tmp)
+            _write_sentence_transformers_files(tmp, self)
+            if out.exists():
+                old = out.with_name(f".{out.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                out.rename(old)
+                tmp.rename(out)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                tmp.rename(out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return out
+
+
+def _write_sentence_transformers_files(directory: Path, model: BiEncoder) -> None:
+    """The classic sentence-transformers layout (Transformer -> Pooling -> Normalize), which
+    sentence-transformers 2.x to 6.x load; prompts carry the query/passage prefixes."""
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ]
+    if model.normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+        (directory / "2_Normalize").mkdir(exist_ok=True)
+    pooling_dir = directory / "1_Pooling"
+    pooling_dir.mkdir(exist_ok=True)
+    pooling = {
+        "word_embedding_dimension": model.dim,
+        "pooling_mode_cls_token": model.pooling == "cls",
+        "pooling_mode_mean_tokens": model.pooling == "mean",
+        "pooling_mode_max_tokens": False,
+        "pooling_mode_mean_sqrt_len_tokens": False,
+        "pooling_mode_weightedmean_tokens": False,
+        "pooling_mode_lasttoken": False,
+        "include_prompt": True,
+    }
+    files = {
+        "modules.json": modules,
+        "1_Pooling/config.json": pooling,
+        "sentence_bert_config.json": {"max_seq_length": model.max_length, "do_lower_case": False},
+        "config_sentence_transformers.json": {
+            "prompts": {"query": model.prefixes["query"], "passage": model.prefixes["passage"]},
+            "default_prompt_name": None,
+            "similarity_fn_name": "cosine",
+        },
+    }
+    for name, content in files.items():
+        (directory / name).write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
+
+
+def _read_saved_settings(directory: Path) -> dict:
+    """Pooling, normalisation, prefixes and max length from a sentence-transformers layout."""
+    settings: dict = {}
+    pooling_file = directory / "1_Pooling" / "config.json"
+    if pooling_file.exists():
+        pooling = json.loads(pooling_file.read_text(encoding="utf-8"))
+        if pooling.get("pooling_mode_cls_token") or pooling.get("pooling_mode") == "cls":
+            settings["pooling"] = "cls"
+        else:
+            settings["pooling"] = "mean"
+    modules_file = directory / "modules.json"
+    if modules_file.exists():
+        modules = json.loads(modules_file.read_text(encoding="utf-8"))
+        settings["normalize"] = any("Normalize" in m.get("type", "") for m in modules)
+    st_config = directory / "config_sentence_transformers.json"
+    if st_config.exists():
+        prompts = json.loads(st_config.read_text(encoding="utf-8")).get("prompts", {})
+        if "query" in prompts:
+            settings["query_prefix"] = prompts["query"]
+        if "passage" in prompts:
+            settings["passage_prefix"] = prompts["passage"]
+    sbert = directory / "sentence_bert_config.json"
+    if sbert.exists():
+        max_len = json.loads(sbert.read_text(encoding="utf-8")).get("max_seq_length")
+        if max_len:
+            settings["max_length"] = int(max_len)
+    return settings

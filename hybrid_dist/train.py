@@ -1,0 +1,59 @@
+"""``accelerate launch -m hybrid_dist.train --config configs/demo.yaml [key=value ...]``
+
+Trains, checkpoints, saves the model, evaluates on held-out articles and prints a results table.
+Plain ``python -m hybrid_dist.train`` runs it in a single process."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from hybrid_dist.config import ConfigError, load_config
+from hybrid_dist.data.records import DataError
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="hybrid_dist.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML config (see configs/); defaults apply to anything it leaves out")
+    parser.add_argument("--resume", help="shorthand for train.resume=...: 'auto' or a checkpoint directory")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. sampler.alpha=0.25 optim.lr=1e-5")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from hybrid_dist import distributed
+
+    workers = distributed.requested_cpu_processes()
+    if workers > 1:
+        return distributed.launch_cpu_workers(workers, "hybrid_dist.train", sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    overrides = list(args.overrides) + ([f"train.resume={args.resume}"] if args.resume else [])
+    try:
+        cfg = load_config(args.config, overrides)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    from hybrid_dist.trainer import Trainer
+
+    try:
+        trainer = Trainer(cfg)
+    except (DataError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    results = trainer.fit()
+    if trainer.accelerator.is_main_process and results:
+        from hybrid_dist.evaluation import format_results_table
+
+        print()
+        print(format_results_table(results))
+        print(f"\nresults: {trainer.out / 'results.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
