@@ -207,9 +207,9 @@ class GlobalBatchSampler:
 
     # ------------------------------------------------------------------ iteration and state
     def __iter__(self) -> Iterator[GlobalBatch]:
-        while True:
-            yield self.batch(self.step)
+        while True:  # advance first, so state_dict() always names the next batch to draw
             self.step += 1
+            yield self.batch(self.step - 1)
 
     def state_dict(self) -> dict:
         return {"step": self.step, "seed": self.seed, "corpus": self.corpus.fingerprint(),

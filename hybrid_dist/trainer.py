@@ -5,6 +5,7 @@ One ``Trainer(cfg).fit()`` runs on CPU, one GPU or many nodes; Accelerate suppli
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
@@ -138,8 +139,17 @@ class Trainer:
             self.results[f"step {self.step} (fine-tuned)"] = self.evaluate()
         if acc.is_main_process and self.results:
             _write_json_atomic(self.out / "results.json", {"config": to_dict(cfg), "results": self.results})
-        acc.end_training()
+        self.close()
         return self.results
+
+    def close(self) -> None:
+        """Release the wrapped model before the process group: a DDP Reducer that drops the last
+        reference to a gloo group destroys it while holding the GIL, which can deadlock at exit."""
+        acc = self.accelerator
+        self.model = self.optimizer = None
+        acc.free_memory()
+        gc.collect()
+        acc.end_training()
 
     def train_step(self, micro_batches: list[MicroBatch]) -> tuple[torch.Tensor, float]:
         acc, model = self.accelerator, self.model
@@ -193,9 +203,11 @@ class Trainer:
         metric = self.cfg.eval.metric
         if metric not in summary:
             raise KeyError(f"eval.metric {metric!r} is not among the evaluation metrics {sorted(summary)}")
+        from hybrid_dist.evaluation import is_better
+
         best_file = self.out / "best" / "best_metric.json"
-        best = json.loads(best_file.read_text())["value"] if best_file.exists() else -math.inf
-        if summary[metric] > best:
+        best = json.loads(best_file.read_text())["value"] if best_file.exists() else None
+        if is_better(metric, summary[metric], best):
             self.save_model(self.out / "best", main_only=True)
             _write_json_atomic(best_file, {"metric": metric, "value": summary[metric], "step": self.step})
 

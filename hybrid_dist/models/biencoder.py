@@ -117,7 +117,8 @@ class BiEncoder(nn.Module):
         else:
             mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-        pooled = pooled.float()
+        if pooled.dtype in (torch.float16, torch.bfloat16):
+            pooled = pooled.float()  # the loss and similarities in full precision
         return nn.functional.normalize(pooled, dim=-1) if self.normalize else pooled
 
     @torch.no_grad()
