@@ -96,11 +96,14 @@ def requested_cpu_processes() -> int:
             parent = [a.decode() for a in f.read().split(b"\0") if a]
     except OSError:
         return 1
-    if "launch" not in parent:
+    # `accelerate launch ...`, `accelerate-launch ...` or `python -m accelerate.commands.launch ...`
+    starts = [i for i, a in enumerate(parent)
+              if a == "launch" or a.endswith(("accelerate-launch", "accelerate.commands.launch"))]
+    if not starts:
         return 1
     from accelerate.commands.launch import launch_command_parser
 
-    args, _ = launch_command_parser().parse_known_args(parent[parent.index("launch") + 1 :])
+    args, _ = launch_command_parser().parse_known_args(parent[starts[0] + 1 :])
     n = args.num_processes
     if n is None and args.config_file:
         from accelerate.commands.config.config_args import load_config_from_file
