@@ -34,7 +34,7 @@ class ScratchEncoderConfig:
 
 @dataclass
 class ModelConfig:
-    name_or_path: str | None = None  # hub id or local directory; empty: build `scratch`
+    name_or_path: str | None = None  # hub id, local directory or offline:multilingual-e5-small; empty: build `scratch`
     scratch: ScratchEncoderConfig = field(default_factory=ScratchEncoderConfig)
     pooling: Literal["mean", "cls"] = "mean"
     normalize: bool = True

@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         trainer = Trainer(cfg)
-    except (DataError, ValueError) as e:
+    except (DataError, ValueError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     results = trainer.fit()

