@@ -76,6 +76,59 @@ def barrier() -> None:
         dist.barrier()
 
 
+def comm_device() -> torch.device:
+    """Where collectives' tensors must live: the current GPU under NCCL, else the CPU."""
+    if is_distributed() and _uses_nccl():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_true(flag: bool) -> bool:
+    """Whether ``flag`` holds on every rank (a collective call)."""
+    if not is_distributed():
+        return flag
+    t = torch.tensor([1 if flag else 0], device=comm_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item())
+
+
+def gather_strided_rows(local: torch.Tensor, n_total: int) -> torch.Tensor:
+    """Rank r holds rows ``r::world`` of an ``n_total``-row array (shards may differ by one row);
+    returns every row in the original order, on the CPU. A collective call."""
+    if not is_distributed():
+        return local.cpu()
+    world = world_size()
+    max_rows = (n_total + world - 1) // world
+    padded = torch.zeros(max_rows, *local.shape[1:], dtype=local.dtype, device=comm_device())
+    padded[: len(local)] = local.to(padded.device)
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded)
+    out = torch.empty(n_total, *local.shape[1:], dtype=local.dtype)
+    for r, part in enumerate(parts):
+        out[r::world] = part[: len(range(r, n_total, world))].cpu()
+    return out
+
+
+def init_from_env() -> bool:
+    """Join the process group a launcher (torchrun, Accelerate, SLURM via torchrun) described in
+    the environment, for tools that run outside the trainer; True when this call created it."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return False
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl")
+    else:
+        dist.init_process_group("gloo")
+    return True
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 # ---------------------------------------------------------------------- launching
 
 _RANK_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")

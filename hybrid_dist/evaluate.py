@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
 from pathlib import Path
+
+from hybrid_dist import distributed
 
 log = logging.getLogger("hybrid_dist.evaluate")
 
@@ -72,21 +73,6 @@ def eval_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _init_distributed():
-    import torch
-    import torch.distributed as dist
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1 or dist.is_initialized():
-        return False
-    if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group("nccl")
-    else:
-        dist.init_process_group("gloo")
-    return True
-
-
 def run_eval(argv: list[str]) -> int:
     args = eval_parser().parse_args(argv)
     data = list(args.data)
@@ -112,7 +98,7 @@ def run_eval(argv: list[str]) -> int:
     from hybrid_dist.evaluation.search import resolve_device
     from hybrid_dist.models.biencoder import BiEncoder
 
-    started_dist = _init_distributed()
+    started_dist = distributed.init_from_env()
     rank, world = rank_and_world()
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -178,9 +164,7 @@ def run_eval(argv: list[str]) -> int:
         print(markdown)
         print(f"\nwrote {out_dir / 'results.json'} ({t_end - t_start:.1f}s)")
     if started_dist:
-        import torch.distributed as dist
-
-        dist.destroy_process_group()
+        distributed.shutdown()
     return 0
 
 

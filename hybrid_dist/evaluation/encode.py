@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hybrid_dist import distributed
+
 DEFAULT_CACHE_DIR = Path(os.environ.get("HYBRID_DIST_CACHE", Path.home() / ".cache" / "hybrid_dist")) / "embeddings"
 
 
@@ -69,49 +71,8 @@ def model_fingerprint(model) -> str:
 # ----------------------------------------------------------------------------- distributed
 
 
-def _dist():
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        return dist
-    return None
-
-
 def rank_and_world() -> tuple[int, int]:
-    dist = _dist()
-    return (dist.get_rank(), dist.get_world_size()) if dist else (0, 1)
-
-
-def _comm_device(dist) -> torch.device:
-    if dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
-def _all_true(flag: bool) -> bool:
-    dist = _dist()
-    if dist is None:
-        return flag
-    t = torch.tensor([1 if flag else 0], device=_comm_device(dist))
-    dist.all_reduce(t, op=dist.ReduceOp.MIN)
-    return bool(t.item())
-
-
-def _gather_shards(local: np.ndarray, n_total: int, world: int) -> np.ndarray:
-    """Every rank holds rows ``rank::world``; returns all rows in the original order."""
-    dist = _dist()
-    device = _comm_device(dist)
-    dim = local.shape[1]
-    max_rows = (n_total + world - 1) // world
-    padded = torch.zeros(max_rows, dim, dtype=torch.float32, device=device)
-    padded[: len(local)] = torch.from_numpy(local).to(device)
-    bufs = [torch.empty_like(padded) for _ in range(world)]
-    dist.all_gather(bufs, padded)
-    out = np.empty((n_total, dim), dtype=np.float32)
-    for r, buf in enumerate(bufs):
-        rows = len(range(r, n_total, world))
-        out[r::world] = buf[:rows].cpu().numpy()
-    return out
+    return distributed.rank(), distributed.world_size()
 
 
 # ----------------------------------------------------------------------------- encoding
@@ -150,7 +111,7 @@ def encode_texts(
         fingerprint = fingerprint or model_fingerprint(model)
         path = Path(cache_dir) / fingerprint / f"{kind}-{texts_hash(texts)}.npy"
         cached = _load_cached(path, len(texts))
-        hit = _all_true(cached is not None) if shard else cached is not None
+        hit = distributed.all_true(cached is not None) if shard else cached is not None
         if hit:
             return cached
     if not texts:
@@ -161,7 +122,7 @@ def encode_texts(
                                        show_progress=show_progress and rank == 0))
         if local.ndim != 2:  # this rank had no rows: learn the width from a one-text encode
             local = _to_numpy(model.encode(texts[:1], kind=kind, batch_size=1, show_progress=False))[:0]
-        emb = _gather_shards(local, len(texts), world)
+        emb = distributed.gather_strided_rows(torch.from_numpy(local), len(texts)).numpy()
     else:
         emb = _to_numpy(model.encode(texts, kind=kind, batch_size=batch_size, show_progress=show_progress))
     if emb.shape[0] != len(texts):
@@ -169,7 +130,7 @@ def encode_texts(
     if path is not None and rank == 0:
         _save_atomic(path, emb)
     if path is not None and shard:
-        _dist().barrier()  # the entry exists for every rank before any goes on
+        distributed.barrier()  # the entry exists for every rank before any goes on
     return emb
 
 
