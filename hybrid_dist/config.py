@@ -56,6 +56,8 @@ class DataConfig:
     hf_config_name: str | None = None
     hf_columns: dict[str, str] | None = None  # canonical field -> dataset column
     num_workers: int = 0  # DataLoader workers that tokenize ahead of the training step
+    on_bad_record: Literal["error", "skip"] = "error"  # skip: drop malformed records and log how many
+    max_text_chars: int = 1_000_000  # a longer query/passage/context is a bad record (a data bug); 0: no limit
 
 
 @dataclass
@@ -97,8 +99,12 @@ class TrainConfig:
     log_every: int = 10
     save_every: int = 100  # 0: only at the end
     keep_last: int = 2
-    resume: str | None = None  # "auto" (newest checkpoint in output_dir) or a checkpoint path
+    resume: str | None = None  # "auto" (newest complete checkpoint in output_dir) or a checkpoint path
     progress_bar: bool = True
+    max_bad_steps: int = 5  # non-finite loss/gradient steps skipped in a row before stopping; 0: stop at the first
+    deterministic: bool = False  # torch.use_deterministic_algorithms: bit-identical resume on the same hardware
+    min_free_bytes: int = 0  # free space to leave on output_dir's disk beyond the checkpoints' estimate
+    log_batches: bool = True  # append each step's global batch digest to <output_dir>/batches.jsonl
 
 
 @dataclass

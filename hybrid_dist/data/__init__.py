@@ -3,26 +3,30 @@ parallel corpus and the article split."""
 
 from __future__ import annotations
 
+from hybrid_dist.data.bad_records import BadRecords
 from hybrid_dist.data.corpus import ParallelCorpus
 from hybrid_dist.data.records import DataError, ParallelRecord
 from hybrid_dist.data.split import ArticleSplit
 
-__all__ = ["ArticleSplit", "DataError", "ParallelCorpus", "ParallelRecord", "load_corpus"]
+__all__ = ["ArticleSplit", "BadRecords", "DataError", "ParallelCorpus", "ParallelRecord", "load_corpus"]
 
 
-def load_corpus(cfg, part: str = "train") -> ParallelCorpus:
-    """The records ``cfg`` (a ``DataConfig``) names, restricted to one part of the article split."""
+def load_corpus(cfg, part: str = "train", bad: BadRecords | None = None) -> ParallelCorpus:
+    """The records ``cfg`` (a ``DataConfig``) names, restricted to one part of the article split.
+
+    Bad records follow ``cfg.on_bad_record``; pass ``bad`` to read how many were skipped."""
     from hybrid_dist.data.hf import read_hf_dataset
     from hybrid_dist.data.jsonl import read_jsonl
     from hybrid_dist.data.squad import read_squad_dir, records_from_squad
 
+    bad = bad or BadRecords(cfg.on_bad_record)
     if cfg.format == "squad_dir":
-        parsed = read_squad_dir(cfg.path, cfg.languages)
+        parsed = read_squad_dir(cfg.path, cfg.languages, bad, cfg.max_text_chars)
         records = records_from_squad(parsed, cfg.passage_text, cfg.max_hard_negatives)
     elif cfg.format == "jsonl":
-        records = read_jsonl(cfg.path)
+        records = read_jsonl(cfg.path, bad, cfg.max_text_chars)
     elif cfg.format == "hf":
-        records = read_hf_dataset(cfg.path, cfg.hf_split, cfg.hf_config_name, cfg.hf_columns)
+        records = read_hf_dataset(cfg.path, cfg.hf_split, cfg.hf_config_name, cfg.hf_columns, bad, cfg.max_text_chars)
     else:
         raise ValueError(f"data.format must be squad_dir, jsonl or hf, got {cfg.format!r}")
     if cfg.languages is not None and cfg.format != "squad_dir":

@@ -6,8 +6,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from hybrid_dist.data.jsonl import iter_rows
-from hybrid_dist.data.records import DataError, ParallelRecord
+from hybrid_dist.data.bad_records import BadRecords
+from hybrid_dist.data.jsonl import records_from_rows
+from hybrid_dist.data.records import DataError, ParallelRecord, clip
 
 
 _FILE_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
@@ -18,9 +19,11 @@ def read_hf_dataset(
     split: str = "train",
     config_name: str | None = None,
     columns: Mapping[str, str] | None = None,
+    bad: BadRecords | None = None,
+    max_chars: int = 0,
 ) -> list[ParallelRecord]:
     """``columns`` maps canonical field -> dataset column where they differ,
-    e.g. ``{"positive": "passage", "group_id": "id"}``."""
+    e.g. ``{"positive": "passage", "group_id": "id"}``. Rows are validated like JSONL lines."""
     import datasets
 
     source = f"dataset {name_or_path}[{split}]"
@@ -35,14 +38,22 @@ def read_hf_dataset(
             ds = datasets.load_dataset(name_or_path, config_name, split=split)
     except KeyError:
         raise DataError(source, None, None, "no such split") from None
-    except (FileNotFoundError, ValueError, ConnectionError) as e:
-        raise DataError(source, None, None, f"cannot load: {e}") from None
+    except Exception as e:  # noqa: BLE001 - datasets/pyarrow raise many types for a damaged file
+        raise DataError(source, None, None, f"cannot load: {_root_cause(e)}") from None
     rename = {v: k for k, v in (columns or {}).items()}
     missing = [c for c in rename if c not in ds.column_names]
     if missing:
         raise DataError(source, None, missing[0], f"no such column; columns are {ds.column_names}")
     rows = ({rename.get(k, k): v for k, v in row.items()} for row in ds)
-    records = list(iter_rows(rows, source))
+    records = records_from_rows(rows, source, bad, max_chars)
     if not records:
-        raise DataError(source, None, None, "no records")
+        raise DataError(source, None, None, "no records" + (" left after skipping bad ones" if bad and bad.count else ""))
     return records
+
+
+def _root_cause(error: BaseException) -> str:
+    """The innermost cause, which names the real problem (datasets wraps it in a generic
+    "An error occurred while generating the dataset")."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return clip(f"{type(error).__name__}: {error}")

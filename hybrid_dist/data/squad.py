@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from hybrid_dist.data.records import DataError, ParallelRecord
+from hybrid_dist.data.bad_records import BadRecords
+from hybrid_dist.data.records import DataError, ParallelRecord, clip, excerpt, json_problem, not_utf8
 
 PassageText = Literal["sentence", "sentence_and_paragraph"]
 
@@ -88,45 +89,73 @@ def split_sentences(context: str) -> list[tuple[int, int]]:
     return spans or [(0, len(context))]
 
 
-def read_squad_file(path: str | Path) -> list[SquadArticle]:
-    """Parse and validate one file; every problem is a ``DataError`` naming file, record, field."""
+def read_squad_file(path: str | Path, bad: BadRecords | None = None, max_chars: int = 0) -> list[SquadArticle]:
+    """Parse and validate one file; every problem is a ``DataError`` naming file, record, field.
+
+    A bad question, paragraph or article stops the parse, or with a skipping ``bad`` is dropped
+    (counted in questions). An unreadable, non-UTF-8 or invalid JSON file always stops.
+    ``max_chars`` > 0 rejects longer contexts and questions (a data bug, not a paragraph)."""
     path = Path(path)
+    bad = bad or BadRecords()
     try:
         raw = path.read_bytes()
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
-        raise DataError(str(path), f"line {line}", None, f"not valid UTF-8 ({e.reason} at byte {e.start})") from None
+        raise DataError(str(path), f"line {line}", None, not_utf8(raw[:4], e)) from None
     except OSError as e:
         raise DataError(str(path), None, None, f"cannot read: {e.strerror}") from None
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as e:
-        raise DataError(str(path), f"line {e.lineno} column {e.colno}", None, f"invalid JSON: {e.msg}") from None
+        raise DataError(str(path), f"line {e.lineno} column {e.colno}", None, json_problem(e, text)) from None
     src = str(path)
     data = _field(doc, "data", list, src, "top level")
     articles = []
-    seen: dict[str, str] = {}
+    seen: dict[str, tuple[str, str]] = {}
     for a_idx, article in enumerate(data):
         where = f"data[{a_idx}]"
-        title = _field(article, "title", str, src, where)
+        try:
+            title = _field(article, "title", str, src, where)
+            raw_paragraphs = _field(article, "paragraphs", list, src, where)
+        except DataError as e:
+            bad.reject(e, _count_questions(article))
+            continue
         paragraphs = []
-        for p_idx, para in enumerate(_field(article, "paragraphs", list, src, where)):
-            paragraphs.append(_parse_paragraph(para, src, f"{where}.paragraphs[{p_idx}]", seen))
+        for p_idx, para in enumerate(raw_paragraphs):
+            try:
+                paragraphs.append(_parse_paragraph(para, src, f"{where}.paragraphs[{p_idx}]", seen, bad, max_chars))
+            except DataError as e:
+                bad.reject(e, _count_questions(para))
         articles.append(SquadArticle(title, tuple(paragraphs)))
     if not seen:
-        raise DataError(src, None, "qas", "the file holds no questions (a language with no records)")
+        raise DataError(src, None, "qas", "the file holds no questions (a language with no records)"
+                        + (" after skipping bad ones" if bad.count else ""))
     return articles
 
 
-def _parse_paragraph(para, src: str, where: str, seen: dict[str, str]) -> SquadParagraph:
+def _count_questions(obj) -> int:
+    """Questions under an article or paragraph that is being skipped, for the skip count."""
+    if not isinstance(obj, dict):
+        return 1
+    if isinstance(obj.get("qas"), list):
+        return len(obj["qas"]) or 1
+    if isinstance(obj.get("paragraphs"), list):
+        return sum(_count_questions(p) for p in obj["paragraphs"]) or 1
+    return 1
+
+
+def _parse_paragraph(para, src: str, where: str, seen: dict[str, tuple[str, str]], bad: BadRecords,
+                     max_chars: int = 0) -> SquadParagraph:
     context = _field(para, "context", str, src, where)
+    if max_chars and len(context) > max_chars:
+        raise DataError(src, where, "context", f"{len(context):,} characters, more than data.max_text_chars={max_chars:,}")
     if "sentence_breaks" in para:
         breaks = _field(para, "sentence_breaks", list, src, where)
         spans = []
         for i, span in enumerate(breaks):
             if not (isinstance(span, list) and len(span) == 2 and all(isinstance(x, int) for x in span)):
-                raise DataError(src, where, f"sentence_breaks[{i}]", f"expected [start, end], got {span!r}")
+                raise DataError(src, where, f"sentence_breaks[{i}]", f"expected [start, end], got {clip(repr(span), 60)}")
             if not 0 <= span[0] <= span[1] <= len(context):
                 raise DataError(src, where, f"sentence_breaks[{i}]", f"{span} outside the context (length {len(context)})")
             spans.append((span[0], span[1]))
@@ -140,35 +169,46 @@ def _parse_paragraph(para, src: str, where: str, seen: dict[str, str]) -> SquadP
         sentences = [context[b:e].strip() for b, e in spans]
     questions = []
     for q_idx, qa in enumerate(_field(para, "qas", list, src, where)):
-        q_where = f"{where}.qas[{q_idx}]"
-        qid = str(_field(qa, "id", (str, int), src, q_where))
-        q_where = f"{q_where} (id {qid})"
-        question = _field(qa, "question", str, src, q_where)
-        if not question.strip():
-            raise DataError(src, q_where, "question", "empty question")
-        answers = _field(qa, "answers", list, src, q_where)
-        if not answers:
-            raise DataError(src, q_where, "answers", "no answer")
-        answer = answers[0]
-        start = _field(answer, "answer_start", int, src, f"{q_where}.answers[0]")
-        answer_text = _field(answer, "text", str, src, f"{q_where}.answers[0]")
-        end = start + len(answer_text)
-        if start < 0 or end > len(context):
-            raise DataError(src, f"{q_where}.answers[0]", "answer_start",
-                            f"span [{start}, {end}) outside the context (length {len(context)})")
-        if context[start:end] != answer_text:
-            raise DataError(src, f"{q_where}.answers[0]", "text",
-                            f"{answer_text!r} does not match the context at {start} ({context[start:end]!r})")
-        overlapping = tuple(i for i, (b, e) in enumerate(spans) if b < max(end, start + 1) and e > start)
-        if not overlapping:  # the start sits in the whitespace between two sentences
-            overlapping = tuple(i for i, (b, _) in enumerate(spans) if b >= start)[:1]
-        if not overlapping:
-            raise DataError(src, f"{q_where}.answers[0]", "answer_start", "not inside any sentence")
-        if qid in seen and seen[qid] != question:
-            raise DataError(src, q_where, "id", f"duplicate id with a different question (first: {seen[qid]!r})")
-        seen[qid] = question
-        questions.append(SquadQuestion(qid, question, start, answer_text, overlapping))
+        try:
+            questions.append(_parse_question(qa, context, spans, src, f"{where}.qas[{q_idx}]", seen, max_chars))
+        except DataError as e:
+            bad.reject(e)
     return SquadParagraph(context, tuple(str(s) for s in sentences), tuple(questions))
+
+
+def _parse_question(qa, context: str, spans: list[tuple[int, int]], src: str, q_where: str,
+                    seen: dict[str, tuple[str, str]], max_chars: int) -> SquadQuestion:
+    qid = str(_field(qa, "id", (str, int), src, q_where))
+    q_where = f"{q_where} (id {clip(qid, 80)})"
+    question = _field(qa, "question", str, src, q_where)
+    if not question.strip():
+        raise DataError(src, q_where, "question", "empty question")
+    if max_chars and len(question) > max_chars:
+        raise DataError(src, q_where, "question", f"{len(question):,} characters, more than data.max_text_chars={max_chars:,}")
+    answers = _field(qa, "answers", list, src, q_where)
+    if not answers:
+        raise DataError(src, q_where, "answers", "no answer")
+    answer = answers[0]
+    start = _field(answer, "answer_start", int, src, f"{q_where}.answers[0]")
+    answer_text = _field(answer, "text", str, src, f"{q_where}.answers[0]")
+    end = start + len(answer_text)
+    if start < 0 or end > len(context):
+        raise DataError(src, f"{q_where}.answers[0]", "answer_start",
+                        f"span [{start}, {end}) outside the context (length {len(context)})")
+    if context[start:end] != answer_text:
+        raise DataError(src, f"{q_where}.answers[0]", "text",
+                        f"{excerpt(answer_text)} does not match the context at {start} ({excerpt(context[start:end])})")
+    overlapping = tuple(i for i, (b, e) in enumerate(spans) if b < max(end, start + 1) and e > start)
+    if not overlapping:  # the start sits in the whitespace between two sentences
+        overlapping = tuple(i for i, (b, _) in enumerate(spans) if b >= start)[:1]
+    if not overlapping:
+        raise DataError(src, f"{q_where}.answers[0]", "answer_start", "not inside any sentence")
+    if qid in seen:  # one id names one question: a repeat would be a false parallel group
+        first_where, first = seen[qid]
+        differs = f"with a different question (first: {excerpt(first)}" if first != question else "(same question"
+        raise DataError(src, q_where, "id", f"duplicate id {differs}, at {first_where})")
+    seen[qid] = (q_where, question)
+    return SquadQuestion(qid, question, start, answer_text, overlapping)
 
 
 def _field(obj, name: str, types, src: str, where: str):
@@ -183,8 +223,9 @@ def _field(obj, name: str, types, src: str, where: str):
     return value
 
 
-def read_squad_dir(directory: str | Path, languages: list[str] | None = None) -> dict[str, list[SquadArticle]]:
-    return {lang: read_squad_file(path) for lang, path in language_files(directory, languages).items()}
+def read_squad_dir(directory: str | Path, languages: list[str] | None = None, bad: BadRecords | None = None,
+                   max_chars: int = 0) -> dict[str, list[SquadArticle]]:
+    return {lang: read_squad_file(path, bad, max_chars) for lang, path in language_files(directory, languages).items()}
 
 
 def article_order(parsed: dict[str, list[SquadArticle]]) -> list[str]:
