@@ -101,6 +101,8 @@ class TrainConfig:
     keep_last: int = 2
     resume: str | None = None  # "auto" (newest complete checkpoint in output_dir) or a checkpoint path
     progress_bar: bool = True
+    # on these signals: checkpoint at the next step, exit 75 (SLURM: --signal=USR1@120, preemption)
+    preemption_signals: list[str] = field(default_factory=lambda: ["SIGUSR1", "SIGTERM"])
     max_bad_steps: int = 5  # non-finite loss/gradient steps skipped in a row before stopping; 0: stop at the first
     deterministic: bool = False  # torch.use_deterministic_algorithms: bit-identical resume on the same hardware
     min_free_bytes: int = 0  # free space to leave on output_dir's disk beyond the checkpoints' estimate

@@ -4,6 +4,8 @@ would compute on the whole global batch."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.distributed as dist
 
@@ -176,3 +178,97 @@ def launch_cpu_workers(num_processes: int, module: str, argv: list[str]) -> int:
            f"--master_addr={os.environ.get('MASTER_ADDR', '127.0.0.1')}",
            f"--master_port={os.environ.get('MASTER_PORT', '29500')}", "-m", module, *argv]
     return subprocess.call(cmd)
+
+
+# ---------------------------------------------------------------------- environment detection
+
+
+@dataclass(frozen=True)
+class LaunchEnvironment:
+    """Who started this process and where it sits in the job."""
+
+    launcher: str  # "torchrun" (also Accelerate's GPU launcher), "accelerate", "slurm", "mpi" or "single"
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    node_rank: int = 0
+    num_nodes: int = 1
+    master_addr: str = "127.0.0.1"
+    master_port: int = 29500
+
+    def torch_env(self) -> dict[str, str]:
+        """The variables torch.distributed's env:// rendezvous (and Accelerate) read."""
+        return {"RANK": str(self.rank), "LOCAL_RANK": str(self.local_rank), "WORLD_SIZE": str(self.world_size),
+                "MASTER_ADDR": self.master_addr, "MASTER_PORT": str(self.master_port),
+                "NODE_RANK": str(self.node_rank)}
+
+
+def expand_nodelist(nodelist: str) -> list[str]:
+    """SLURM's compressed host list ("gpu[01-03,7],login1") as names, the first being the head;
+    what `scontrol show hostnames` prints, without needing scontrol."""
+    hosts, i, n = [], 0, len(nodelist)
+    while i < n:
+        j = i
+        depth = 0
+        while j < n and (depth or nodelist[j] != ","):
+            depth += {"[": 1, "]": -1}.get(nodelist[j], 0)
+            j += 1
+        item, i = nodelist[i:j], j + 1
+        if "[" not in item:
+            hosts.append(item)
+            continue
+        prefix, ranges = item.split("[", 1)
+        ranges, suffix = ranges.split("]", 1)
+        for part in ranges.split(","):
+            lo, _, hi = part.partition("-")
+            for k in range(int(lo), int(hi or lo) + 1):
+                hosts.append(f"{prefix}{str(k).zfill(len(lo))}{suffix}")
+    return hosts
+
+
+def _slurm_port(env) -> int:
+    # one port per job, so two jobs sharing a node never collide
+    return int(env.get("MASTER_PORT") or 20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000)
+
+
+def detect_environment(env=None) -> LaunchEnvironment:
+    """Read the launcher's variables. Precedence: explicit torch variables (torchrun, Accelerate,
+    `accelerate launch` inside `srun`), then a SLURM job step with several tasks (one process per
+    task), then MPI, else a single process."""
+    import os
+
+    env = os.environ if env is None else env
+    slurm_nodes = int(env.get("SLURM_JOB_NUM_NODES", env.get("SLURM_NNODES", "1")))
+    if "RANK" in env and "WORLD_SIZE" in env:
+        launcher = "torchrun" if "TORCHELASTIC_RUN_ID" in env else (
+            "accelerate" if any(k.startswith("ACCELERATE_") for k in env) else "torchrun")
+        world = int(env["WORLD_SIZE"])
+        return LaunchEnvironment(
+            launcher, int(env["RANK"]), int(env.get("LOCAL_RANK", env["RANK"])), world,
+            int(env.get("NODE_RANK", env.get("GROUP_RANK", env.get("SLURM_NODEID", "0")))),
+            int(env.get("NUM_NODES", slurm_nodes if "SLURM_JOB_ID" in env else 1)),
+            env.get("MASTER_ADDR", "127.0.0.1"), int(env.get("MASTER_PORT", "29500")))
+    if "SLURM_STEP_ID" in env and int(env.get("SLURM_NTASKS", env.get("SLURM_NPROCS", "1"))) > 1:
+        head = expand_nodelist(env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST", "localhost"))[0]
+        return LaunchEnvironment(
+            "slurm", int(env["SLURM_PROCID"]), int(env.get("SLURM_LOCALID", "0")),
+            int(env.get("SLURM_NTASKS", env.get("SLURM_NPROCS", "1"))), int(env.get("SLURM_NODEID", "0")),
+            slurm_nodes, env.get("MASTER_ADDR", head), _slurm_port(env))
+    for size, rank, local in (("OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_LOCAL_RANK"),
+                              ("PMI_SIZE", "PMI_RANK", "MPI_LOCALRANKID")):
+        if int(env.get(size, "1")) > 1:
+            return LaunchEnvironment("mpi", int(env[rank]), int(env.get(local, "0")), int(env[size]),
+                                     master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
+                                     master_port=int(env.get("MASTER_PORT", "29500")))
+    return LaunchEnvironment("single")
+
+
+def export_torch_env(launch: LaunchEnvironment | None = None) -> LaunchEnvironment:
+    """Make a SLURM task (``srun python -m hybrid_dist.train``, one process per task) look like a
+    torchrun rank, so Accelerate and torch.distributed's env:// rendezvous find their variables."""
+    import os
+
+    launch = launch or detect_environment()
+    if launch.launcher == "slurm":
+        os.environ.update(launch.torch_env())
+    return launch

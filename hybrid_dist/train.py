@@ -24,6 +24,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     from hybrid_dist import distributed
 
+    distributed.export_torch_env()  # a SLURM task (srun, one process per task) becomes a torch rank
     workers = distributed.requested_cpu_processes()
     if workers > 1:
         return distributed.launch_cpu_workers(workers, "hybrid_dist.train", sys.argv[1:] if argv is None else argv)
@@ -46,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     results = trainer.fit()
+    if trainer.preempted:
+        from hybrid_dist.preemption import PREEMPTED_EXIT_CODE
+
+        return PREEMPTED_EXIT_CODE
     if trainer.accelerator.is_main_process and results:
         from hybrid_dist.evaluation import format_results_table
 

@@ -24,6 +24,7 @@ from hybrid_dist.data import load_corpus
 from hybrid_dist.losses import build_loss
 from hybrid_dist.models.biencoder import BiEncoder
 from hybrid_dist.models.scratch import build_scratch_encoder
+from hybrid_dist.preemption import PreemptionWatcher
 from hybrid_dist.sampler import GlobalBatchSampler
 
 CHECKPOINT_PREFIX = "step-"
@@ -81,6 +82,9 @@ class Trainer:
         acc.register_for_checkpointing(self.scheduler)
         self.step = 0
         self.results: dict[str, dict[str, float]] = {}
+        self.preempted = False
+        signals = cfg.train.preemption_signals
+        self.preemption = PreemptionWatcher(signals) if signals else None
 
     # ------------------------------------------------------------------ set-up
     def _build_model(self) -> BiEncoder:
@@ -146,10 +150,21 @@ class Trainer:
                 progress.update(1)
             if cfg.eval.every_steps and self.step % cfg.eval.every_steps == 0 and self.step < cfg.train.max_steps:
                 self._evaluate_and_keep_best()
-            if cfg.train.save_every and self.step % cfg.train.save_every == 0:
+            saved = bool(cfg.train.save_every and self.step % cfg.train.save_every == 0)
+            if saved:
                 self.save_checkpoint()
+            if self.preemption is not None and self.preemption.should_stop() and self.step < cfg.train.max_steps:
+                if not saved:
+                    self.save_checkpoint()
+                acc.print(f"preempted ({self.preemption.received or 'signal on another rank'}) at step "
+                          f"{self.step}: checkpoint written; resume with train.resume=auto")
+                self.preempted = True
+                break
         if progress is not None:
             progress.close()
+        if self.preempted:
+            self.close()
+            return self.results
         if self.step and (not cfg.train.save_every or self.step % cfg.train.save_every):
             self.save_checkpoint()
         self.save_model(self.out / "model")
@@ -169,6 +184,8 @@ class Trainer:
         reference to a gloo group destroys it while holding the GIL, which can deadlock at exit."""
         acc = self.accelerator
         self.model = self.optimizer = None
+        if self.preemption is not None:
+            self.preemption.close()
         acc.free_memory()
         gc.collect()
         acc.end_training()

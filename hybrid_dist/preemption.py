@@ -1,0 +1,45 @@
+"""Preemption: a signal (SLURM's ``--signal=USR1@120`` before the time limit, SIGTERM on
+preemption or ``scancel``) asks the trainer to checkpoint and leave at the next step boundary.
+
+The signal may reach only some ranks, or reach them during different steps, so the decision is
+collective: every rank reports its flag each step and all stop after the same step."""
+
+from __future__ import annotations
+
+import signal
+
+import torch
+
+from hybrid_dist import distributed
+
+# EX_TEMPFAIL: "try again later". slurm/hybrid.sbatch requeues the job on this exit code.
+PREEMPTED_EXIT_CODE = 75
+DEFAULT_SIGNALS = ("SIGUSR1", "SIGTERM")
+
+
+class PreemptionWatcher:
+    def __init__(self, signal_names: tuple[str, ...] | list[str] = DEFAULT_SIGNALS):
+        self.received: str | None = None
+        self._previous = {}
+        for name in signal_names:
+            sig = getattr(signal, name, None)
+            if sig is None:
+                raise ValueError(f"train.preemption_signals: unknown signal {name!r}")
+            self._previous[sig] = signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum, frame) -> None:
+        # only set a flag: checkpointing inside a signal handler could interrupt a collective
+        self.received = signal.Signals(signum).name
+
+    def should_stop(self) -> bool:
+        """True on every rank when any rank has received a signal. A collective call."""
+        if not distributed.is_distributed():
+            return self.received is not None
+        flag = torch.tensor([0 if self.received is None else 1], device=distributed.comm_device())
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def close(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
