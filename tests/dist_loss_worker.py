@@ -52,7 +52,7 @@ def load_model(model_dir: str, dtype: torch.dtype) -> BiEncoder:
     return BiEncoder.from_pretrained(model_dir).to(dtype)
 
 
-def main(model_dir: str, loss_name: str, dtype_name: str, out_file: str) -> None:
+def main(model_dir: str, loss_name: str, dtype_name: str, out_file: str, chunk_size: str = "0") -> None:
     import torch.distributed as dist
 
     dist.init_process_group("gloo")
@@ -63,8 +63,15 @@ def main(model_dir: str, loss_name: str, dtype_name: str, out_file: str) -> None
     q, p, n = make_inputs(model.module.tokenizer.vocab_size)
     a, b = rank * PER_RANK, (rank + 1) * PER_RANK
     k = NEGATIVES_PER_PAIR
-    loss = compute(model, make_loss(loss_name), rows(q, a, b), rows(p, a, b), rows(n, a * k, b * k), GROUPS[a:b])
-    loss.backward()  # DDP averages the gradients over ranks
+    inputs = [rows(q, a, b), rows(p, a, b), rows(n, a * k, b * k)]
+    if int(chunk_size):  # gradient cache: chunked re-encoding, DDP syncing only the last backward
+        from hybrid_dist.gradcache import cached_backward
+
+        loss = cached_backward(model, make_loss(loss_name), inputs, (GROUPS[a:b], GROUPS[a:b]), int(chunk_size),
+                               no_sync=model.no_sync)
+    else:
+        loss = compute(model, make_loss(loss_name), *inputs, GROUPS[a:b])
+        loss.backward()  # DDP averages the gradients over ranks
     total = loss.detach().clone()
     dist.all_reduce(total)
     if rank == 0:
@@ -78,4 +85,4 @@ def main(model_dir: str, loss_name: str, dtype_name: str, out_file: str) -> None
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:5])
+    main(*sys.argv[1:6])

@@ -15,11 +15,11 @@ from hybrid_dist.losses import InfoNCELoss, MultilingualContrastiveLoss
 WORKER = Path(__file__).with_name("dist_loss_worker.py")
 
 
-def run_two_ranks(model_dir, loss_name, dtype_name, out_file):
+def run_two_ranks(model_dir, loss_name, dtype_name, out_file, chunk_size=0):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
         [str(WORKER.parent.parent), os.environ.get("PYTHONPATH", "")]))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(WORKER), str(model_dir), loss_name, dtype_name, str(out_file)]
+           str(WORKER), str(model_dir), loss_name, dtype_name, str(out_file), str(chunk_size)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
@@ -31,13 +31,15 @@ def model_dir(tmp_path_factory):
     return tiny_bert_dir(tmp_path_factory.mktemp("tiny") / "bert", dropout=0.0)
 
 
-@pytest.mark.parametrize("dtype_name", ["float64", "float32"])
+@pytest.mark.parametrize("dtype_name, chunk_size", [("float64", 0), ("float32", 0), ("float64", 3)],
+                         ids=["float64", "float32", "float64-gradcache"])
 @pytest.mark.parametrize("loss_name", ["infonce", "multilingual-mean", "multilingual-sum"])
-def test_two_process_loss_and_gradients_equal_single_process(model_dir, loss_name, dtype_name, tmp_path):
-    """float64: every gradient element within rtol 1e-5. float32: the same maths, where
+def test_two_process_loss_and_gradients_equal_single_process(model_dir, loss_name, dtype_name, chunk_size, tmp_path):
+    """Also with the gradient cache on the 2 ranks (chunks of 3, DDP syncing once).
+    float64: every gradient element within rtol 1e-5. float32: the same maths, where
     summation order alone moves elements near zero by ~1e-7 of the tensor's scale, so each
     gradient tensor is compared by relative norm."""
-    run_two_ranks(model_dir, loss_name, dtype_name, tmp_path / "dist.pt")
+    run_two_ranks(model_dir, loss_name, dtype_name, tmp_path / "dist.pt", chunk_size)
     dist = torch.load(tmp_path / "dist.pt")
     dtype = torch.float64 if dtype_name == "float64" else torch.float32
 
