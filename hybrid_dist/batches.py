@@ -23,6 +23,7 @@ class MicroBatch:
     negative: dict[str, torch.Tensor] | None
     query_groups: torch.Tensor
     passage_groups: torch.Tensor
+    batch_digest: str = ""  # identifies the whole global batch (GlobalBatch.digest), for the batch log
 
 
 class StepDataset(Dataset):
@@ -37,10 +38,13 @@ class StepDataset(Dataset):
 
     def __getitem__(self, step: int) -> list[MicroBatch]:
         batch = self.sampler.batch(step)
-        return [
+        micro = [
             self.micro_batch(batch.mode, self.sampler.rank_slice(batch, self.rank, self.world_size, m, self.micro_steps))
             for m in range(self.micro_steps)
         ]
+        for mb in micro:
+            mb.batch_digest = batch.digest()
+        return micro
 
     def micro_batch(self, mode: str, pairs: tuple[Pair, ...]) -> MicroBatch:
         queries = [self.corpus.record(p.group, p.query_lang).query for p in pairs]
@@ -58,7 +62,11 @@ class StepDataset(Dataset):
 
 
 def step_loader(dataset: StepDataset, start_step: int, max_steps: int, num_workers: int = 0):
-    """Items ``start_step .. max_steps - 1`` in order."""
+    """Items ``start_step .. max_steps - 1`` in order.
+
+    The loader gets a generator of its own: by default each iterator draws its worker seed from
+    the global torch RNG, which would shift every later dropout mask and make a resumed run (one
+    more iterator) differ from an uninterrupted one."""
     return torch.utils.data.DataLoader(
         dataset,
         batch_size=None,
@@ -66,6 +74,7 @@ def step_loader(dataset: StepDataset, start_step: int, max_steps: int, num_worke
         num_workers=num_workers,
         collate_fn=_as_is,
         persistent_workers=False,
+        generator=torch.Generator().manual_seed(0),
     )
 
 

@@ -10,6 +10,7 @@ step s depends only on (seed, s), so any world size and any resume point see the
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
@@ -35,6 +36,10 @@ class GlobalBatch:
     step: int
     mode: Literal["mono", "cross", "multilingual"]
     pairs: tuple[Pair, ...]
+
+    def digest(self) -> str:
+        """A short hash of the batch's mode and pairs: equal digests, equal batches."""
+        return hashlib.sha1(repr((self.mode, self.pairs)).encode()).hexdigest()[:16]
 
 
 class GlobalBatchSampler:

@@ -11,6 +11,9 @@ import sys
 from hybrid_dist.config import ConfigError, load_config
 from hybrid_dist.data.records import DataError
 
+BAD_INPUT = 2  # config, data, output directory: found before training starts (or at a held-out evaluation)
+STOPPED = 3  # training stopped: non-finite steps past train.max_bad_steps, or a checkpoint could not be written
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="hybrid_dist.train", description=__doc__,
@@ -39,14 +42,21 @@ def main(argv: list[str] | None = None) -> int:
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    from hybrid_dist.checkpoints import CheckpointError
+    from hybrid_dist.nonfinite import TrainingDiverged
+    from hybrid_dist.preflight import PreflightError
     from hybrid_dist.trainer import Trainer
 
     try:
         trainer = Trainer(cfg)
-    except (DataError, ValueError, ImportError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    results = trainer.fit()
+    except (DataError, PreflightError, ValueError, ImportError, OSError) as e:
+        return _error(e, BAD_INPUT)
+    try:
+        results = trainer.fit()
+    except DataError as e:
+        return _error(e, BAD_INPUT)
+    except (TrainingDiverged, CheckpointError) as e:
+        return _error(e, STOPPED)
     if trainer.preempted:
         from hybrid_dist.preemption import PREEMPTED_EXIT_CODE
 
@@ -58,6 +68,15 @@ def main(argv: list[str] | None = None) -> int:
         print(format_results_table(results))
         print(f"\nresults: {trainer.out / 'results.json'}")
     return 0
+
+
+def _error(e: Exception, code: int) -> int:
+    """One line per rank on stderr, no traceback: the message names what to fix."""
+    import os
+
+    rank = os.environ.get("RANK", "0")
+    print(f"error{'' if rank == '0' else f' (rank {rank})'}: {e}", file=sys.stderr, flush=True)
+    return code
 
 
 if __name__ == "__main__":

@@ -15,21 +15,31 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import broadcast_object_list, gather_object, set_seed
 from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
 
+from hybrid_dist import checkpoints as ckpt
+from hybrid_dist import preflight, rng
 from hybrid_dist.batches import MicroBatch, StepDataset, step_loader
+from hybrid_dist.checkpoints import CheckpointError
 from hybrid_dist.config import Config, save_config, to_dict
-from hybrid_dist.data import load_corpus
+from hybrid_dist.data import BadRecords, load_corpus
+from hybrid_dist.faults import Faults
 from hybrid_dist.losses import build_loss
 from hybrid_dist.models.biencoder import BiEncoder
 from hybrid_dist.models.scratch import build_scratch_encoder
+from hybrid_dist.nonfinite import NonFiniteSteps, TrainingDiverged, nonfinite_tensors
 from hybrid_dist.preemption import PreemptionWatcher
+from hybrid_dist.preflight import PreflightError
 from hybrid_dist.sampler import GlobalBatchSampler
 
-CHECKPOINT_PREFIX = "step-"
+CHECKPOINT_PREFIX = ckpt.PREFIX
 OFFLINE_PREFIX = "offline:"
-STATE_FILE = "trainer_state.json"
+STATE_FILE = ckpt.STATE_FILE
+BATCH_LOG = "batches.jsonl"
+# config keys a resume may change without a warning (where and how long, not what is trained)
+_RESUME_FREE_KEYS = {"train.resume", "train.output_dir", "train.max_steps", "train.progress_bar", "train.log_every",
+                     "train.save_every", "train.keep_last", "train.min_free_bytes", "eval.before_training"}
 
 
 def resolve_mixed_precision(choice: str) -> str:
@@ -45,6 +55,10 @@ class Trainer:
         # called on every rank: how Ray Tune or a scheduler observes training without a fork of it
         self.callbacks = list(callbacks or [])
         self.out = Path(cfg.train.output_dir)
+        if cfg.train.deterministic:
+            # bit-identical reruns and resumes (same hardware, same thread count); cuBLAS needs its workspace fixed
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
         self.accelerator = Accelerator(
             cpu=not torch.cuda.is_available(),  # any launcher (torchrun, SLURM, --multi_gpu) then runs gloo on CPU
             gradient_accumulation_steps=cfg.train.gradient_accumulation_steps,
@@ -54,17 +68,26 @@ class Trainer:
         )
         acc = self.accelerator
         set_seed(cfg.train.seed)
+        self.faults = Faults(acc.process_index)
+        # every rank writes into the output directory (its RNG state), so every rank checks it
+        self._collective_check(lambda: preflight.check_writable(self.out, f"-rank{acc.process_index}"))
         if acc.is_main_process:
-            self.out.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.out / "config.yaml")
+            for name in ("model", "best"):
+                ckpt.recover_dir(self.out / name)
 
-        self.corpus = load_corpus(cfg.data, "train")
+        bad = BadRecords(cfg.data.on_bad_record)
+        self.corpus = load_corpus(cfg.data, "train", bad)
+        if bad.count:
+            acc.print(f"data: {bad.summary()}")
+        self._check_evaluation_data()
         s = cfg.sampler
         self.sampler = GlobalBatchSampler(
             self.corpus, s.batch_size, s.mode, s.alpha, s.smoothing, cfg.train.seed,
             s.language_draw, s.translations_per_group, s.num_negatives,
         )
         model = self._build_model()
+        self._collective_check(lambda: self._check_free_space(model), main_only=True)  # before DDP exists (see close)
         self.dataset = StepDataset(self.corpus, self.sampler, model.text_tokenizer, acc.process_index,
                                    acc.num_processes, cfg.train.gradient_accumulation_steps)
         self.loss_fn = build_loss(cfg.loss)
@@ -80,6 +103,10 @@ class Trainer:
         # stepped by hand once per optimizer step: Accelerate's wrapper would step it once per process
         self.scheduler = scheduler
         acc.register_for_checkpointing(self.scheduler)
+        self.nonfinite = NonFiniteSteps(cfg.train.max_bad_steps)
+        self._saved_step: int | None = None
+        self._batch_log = None
+        self._closed = False
         self.step = 0
         self.results: dict[str, dict[str, float]] = {}
         self.preempted = False
@@ -119,8 +146,21 @@ class Trainer:
 
     # ------------------------------------------------------------------ training
     def fit(self) -> dict[str, dict[str, float]]:
+        try:
+            return self._fit()
+        except BaseException:
+            self.close()  # an error must also free DDP before the process group (see close)
+            raise
+        finally:
+            if self._batch_log is not None:
+                self._batch_log.close()
+
+    def _fit(self) -> dict[str, dict[str, float]]:
         cfg, acc = self.cfg, self.accelerator
         self._maybe_resume()
+        if acc.is_main_process and cfg.train.log_batches:
+            # one line per step: which global batch it trained on, so resumes can be audited
+            self._batch_log = open(self.out / BATCH_LOG, "a", encoding="utf-8")
         acc.init_trackers("tensorboard", config=_flat_hparams(to_dict(cfg)))
         if cfg.eval.before_training and self.step == 0:
             self.results["step 0 (before training)"] = self.evaluate()
@@ -132,8 +172,13 @@ class Trainer:
             progress = tqdm(total=cfg.train.max_steps, initial=self.step, desc="train", unit="step")
         started, modes = time.time(), {"mono": 0, "cross": 0, "multilingual": 0}
         for micro_batches in loader:
-            loss, grad_norm = self.train_step(micro_batches)
+            self.faults.hang_if("hang", self.step + 1)
+            loss, grad_norm = self.train_step(micro_batches, self.step + 1)
             self.step += 1
+            if self._batch_log is not None:
+                mb = micro_batches[0]
+                self._batch_log.write(json.dumps({"step": self.step, "mode": mb.mode, "batch": mb.batch_digest}) + "\n")
+                self._batch_log.flush()
             modes[micro_batches[0].mode] += 1
             if self.step % cfg.train.log_every == 0 or self.step == cfg.train.max_steps:
                 mean_loss = acc.reduce(loss.detach().reshape(1), "mean").item()
@@ -175,13 +220,16 @@ class Trainer:
             self.results[f"step {self.step} (fine-tuned)"] = summary
             self._callback("on_evaluate", summary)
         if acc.is_main_process and self.results:
-            _write_json_atomic(self.out / "results.json", {"config": to_dict(cfg), "results": self.results})
+            ckpt.write_json_atomic(self.out / "results.json", {"config": to_dict(cfg), "results": self.results})
         self.close()
         return self.results
 
     def close(self) -> None:
         """Release the wrapped model before the process group: a DDP Reducer that drops the last
         reference to a gloo group destroys it while holding the GIL, which can deadlock at exit."""
+        if self._closed:
+            return
+        self._closed = True
         acc = self.accelerator
         self.model = self.optimizer = None
         if self.preemption is not None:
@@ -190,8 +238,11 @@ class Trainer:
         gc.collect()
         acc.end_training()
 
-    def train_step(self, micro_batches: list[MicroBatch]) -> tuple[torch.Tensor, float]:
+    def train_step(self, micro_batches: list[MicroBatch], step: int | None = None) -> tuple[torch.Tensor, float]:
+        """One optimizer step (``step``: its 1-based number). A non-finite loss or gradient on any
+        rank skips the update on every rank; the data position and the schedule still advance."""
         acc, model = self.accelerator, self.model
+        step = self.step + 1 if step is None else step
         model.train()
         total = torch.zeros((), device=acc.device)
         grad_norm = float("nan")
@@ -201,16 +252,37 @@ class Trainer:
                 p = model(**_to(mb.passage, acc.device))
                 n = model(**_to(mb.negative, acc.device)) if mb.negative is not None else None
                 loss = self.loss_fn(q, p, n, mb.query_groups.to(acc.device), mb.passage_groups.to(acc.device))
+                if self.faults.at("nan_loss", step):
+                    loss = loss * float("nan")
                 acc.backward(loss)
                 total += loss.detach() / len(micro_batches)
                 if acc.sync_gradients:
+                    if self.faults.at("inf_grad", step):
+                        next(p for p in model.parameters() if p.grad is not None).grad.view(-1)[0] = math.inf
                     max_norm = self.cfg.optim.max_grad_norm or math.inf
                     grad_norm = float(acc.clip_grad_norm_(model.parameters(), max_norm))
-                self.optimizer.step()
-                if acc.sync_gradients:
+                    if self._finite_everywhere(step, total, grad_norm):
+                        self.optimizer.step()
+                    elif acc.scaler is not None:
+                        acc.scaler.update()  # fp16: close the scaler's unscale/step cycle and back its scale off
                     self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
         return total, grad_norm
+
+    def _finite_everywhere(self, step: int, loss: torch.Tensor, grad_norm: float) -> bool:
+        """One small all-reduce: every rank must take the same decision, or DDP's replicas drift."""
+        acc = self.accelerator
+        # under fp16 an inf gradient is the GradScaler's routine overflow, not a bad step
+        grad_ok = math.isfinite(grad_norm) or acc.scaler is not None
+        local = torch.tensor([0.0 if grad_ok and torch.isfinite(loss).item() else 1.0, float(loss)], device=acc.device)
+        bad, loss_sum = acc.reduce(local, "sum").tolist()
+        if not bad:
+            self.nonfinite.ok()
+            return True
+        message = self.nonfinite.skipped(step, loss_sum / acc.num_processes, grad_norm)  # raises past the limit
+        acc.print(message)
+        acc.log({"train/skipped_steps": self.nonfinite.total}, step=step)
+        return False
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self) -> dict[str, float]:
@@ -240,21 +312,36 @@ class Trainer:
                 hook(self, *args)
 
     def _evaluate_and_keep_best(self) -> None:
+        """Evaluate; on a new best, write a checkpoint (which keep_last pruning never deletes while
+        it is the best) and the model to ``<output_dir>/best``, whose best_metric.json names its step."""
         summary = self.evaluate()
         self.results[f"step {self.step}"] = summary
         self._callback("on_evaluate", summary)
-        if not self.accelerator.is_main_process:
-            return
         metric = self.cfg.eval.metric
         if metric not in summary:
             raise KeyError(f"eval.metric {metric!r} is not among the evaluation metrics {sorted(summary)}")
         from hybrid_dist.evaluation import is_better
 
+        acc = self.accelerator
         best_file = self.out / "best" / "best_metric.json"
-        best = json.loads(best_file.read_text())["value"] if best_file.exists() else None
-        if is_better(metric, summary[metric], best):
+        better = None
+        if acc.is_main_process:
+            best = json.loads(best_file.read_text())["value"] if best_file.exists() else None
+            better = is_better(metric, summary[metric], best)
+        if not broadcast_object_list([better])[0]:  # saving is collective: every rank must agree
+            return
+        final = self.save_checkpoint()
+        if acc.is_main_process:
             self.save_model(self.out / "best", main_only=True)
-            _write_json_atomic(best_file, {"metric": metric, "value": summary[metric], "step": self.step})
+            ckpt.write_json_atomic(best_file, {"metric": metric, "value": summary[metric], "step": self.step,
+                                               "checkpoint": str(final)})
+
+    def _best_checkpoint(self) -> Path | None:
+        try:
+            step = int(json.loads((self.out / "best" / "best_metric.json").read_text())["step"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return ckpt.step_dir(self.out / "checkpoints", step)
 
     # ------------------------------------------------------------------ checkpoints
     def save_model(self, path: Path, main_only: bool = False) -> None:
@@ -262,33 +349,57 @@ class Trainer:
         if not main_only:
             acc.wait_for_everyone()
         if acc.is_main_process:
-            acc.unwrap_model(self.model).save_pretrained(path)
+            acc.unwrap_model(self.model).save_pretrained(path)  # atomic: temporary directory + rename
         if not main_only:
             acc.wait_for_everyone()
 
     def save_checkpoint(self) -> Path:
-        """Model, optimizer, scheduler, RNG states and sampler position; written to a temporary
-        directory and renamed when complete, so a crash never leaves a partial checkpoint."""
+        """Model, optimizer, scheduler, every rank's RNG states (python, numpy, torch, CUDA), the
+        step and sampler position, and the config. Written to ``.tmp-step-N``, sealed with a
+        manifest and renamed (``checkpoints.publish``): a crash never leaves a partial checkpoint
+        and never touches the previous ones. Refused when a weight or optimizer state is not finite."""
         acc = self.accelerator
         root = self.out / "checkpoints"
-        final = root / f"{CHECKPOINT_PREFIX}{self.step:08d}"
-        tmp = root / f".tmp-{CHECKPOINT_PREFIX}{self.step:08d}"
-        if acc.is_main_process:
+        final, tmp = ckpt.step_dir(root, self.step), ckpt.tmp_dir(root, self.step)
+        if self._saved_step == self.step:
+            return final
+
+        def refuse_nonfinite() -> None:
+            bad = nonfinite_tensors(acc.unwrap_model(self.model), self.optimizer)
+            if bad:
+                raise TrainingDiverged(f"step {self.step}: refusing to write a checkpoint with non-finite values "
+                                       f"in {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}")
+
+        def prepare() -> None:
             shutil.rmtree(tmp, ignore_errors=True)
-            root.mkdir(parents=True, exist_ok=True)
-        acc.wait_for_everyone()
-        acc.save_state(str(tmp))
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            self.sampler.step = self.step
-            state = {"step": self.step, "sampler": self.sampler.state_dict(), "config": to_dict(self.cfg)}
-            (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            for old in sorted(root.glob(f"{CHECKPOINT_PREFIX}*"))[: -self.cfg.train.keep_last or None]:
-                shutil.rmtree(old)
-        acc.wait_for_everyone()
+            tmp.mkdir(parents=True)
+
+        def write() -> None:
+            acc.save_state(str(tmp))
+            self.faults.hang_if("hang_in_checkpoint", self.step)
+            if acc.is_main_process:
+                self.sampler.step = self.step
+                state = {"step": self.step, "sampler": self.sampler.state_dict(), "world_size": acc.num_processes,
+                         "config": to_dict(self.cfg)}
+                ckpt.write_json_atomic(tmp / STATE_FILE, state)
+
+        def seal() -> None:
+            ckpt.publish(tmp, final)
+            protect = [p for p in [self._best_checkpoint()] if p is not None]
+            ckpt.prune(root, self.cfg.train.keep_last, protect)
+
+        # no collective inside these checks: _collective_check's gather is each one's barrier
+        self._collective_check(refuse_nonfinite, error=TrainingDiverged)
+        try:
+            self._collective_check(prepare, main_only=True, error=CheckpointError)
+            self._collective_check(write, error=CheckpointError)
+            self._collective_check(seal, main_only=True, error=CheckpointError)
+        except CheckpointError as e:
+            if acc.is_main_process:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise CheckpointError(f"writing checkpoint {final} failed: {e}; the earlier checkpoints in {root} "
+                                  "are untouched") from None
+        self._saved_step = self.step
         self._callback("on_checkpoint", final)
         return final
 
@@ -296,22 +407,97 @@ class Trainer:
         choice = self.cfg.train.resume
         if not choice:
             return
+        acc = self.accelerator
+        root = self.out / "checkpoints"
         if choice == "auto":
-            complete = [p for p in sorted((self.out / "checkpoints").glob(f"{CHECKPOINT_PREFIX}*"))
-                        if (p / STATE_FILE).exists()]
-            if not complete:
-                self.accelerator.print(f"resume=auto: no checkpoint in {self.out / 'checkpoints'}; starting at step 0")
+            found = None
+            if acc.is_main_process:
+                path, passed_over = ckpt.newest_complete(root)
+                for skipped, why in passed_over:
+                    print(f"resume: passing over {skipped.name}: {why}", flush=True)
+                found = None if path is None else str(path)
+            found = broadcast_object_list([found])[0]  # every rank resumes from the same checkpoint
+            if found is None:
+                acc.print(f"resume=auto: no complete checkpoint in {root}; starting at step 0")
                 return
-            path = complete[-1]
+            path = Path(found)
         else:
             path = Path(choice)
-            if not (path / STATE_FILE).exists():
-                raise FileNotFoundError(f"train.resume={choice}: no {STATE_FILE} there (not a complete checkpoint)")
+            problem = ckpt.verify(path)
+            if problem:
+                raise CheckpointError(f"train.resume={choice}: not a complete checkpoint ({problem})")
         state = json.loads((path / STATE_FILE).read_text())
+        self._report_config_changes(state.get("config", {}))
         self.sampler.load_state_dict(state["sampler"])
-        self.accelerator.load_state(str(path))
+        acc.load_state(str(path))
         self.step = int(state["step"])
-        self.accelerator.print(f"resumed from {path} at step {self.step}")
+        rng.restore(path, acc.process_index, self.cfg.train.seed, self.step)
+        saved_world = state.get("world_size")
+        if saved_world not in (None, acc.num_processes):
+            acc.print(f"resume: the checkpoint was written by {saved_world} processes and this run has "
+                      f"{acc.num_processes}: the global batches continue unchanged, per-rank random streams "
+                      "(dropout) cannot")
+        self._saved_step = self.step  # already on disk
+        acc.print(f"resumed from {path} at step {self.step}")
+
+    def _report_config_changes(self, saved: dict) -> None:
+        old, new = _flat_hparams(saved), _flat_hparams(to_dict(self.cfg))
+        changed = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k) and k not in _RESUME_FREE_KEYS]
+        if changed:
+            shown = ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:8])
+            self.accelerator.print(f"resume: the config differs from the checkpoint's ({shown}"
+                                   f"{' ...' if len(changed) > 8 else ''}); continuing with the new values")
+
+    # ------------------------------------------------------------------ checks before training
+    def _collective_check(self, check, main_only: bool = False, error: type[Exception] = PreflightError) -> None:
+        """Run ``check`` (on the main process or on every rank) and raise its failure as ``error``
+        on every rank, so that no rank waits forever at a barrier for one that failed."""
+        acc = self.accelerator
+        problem = None
+        if acc.is_main_process or not main_only:
+            try:
+                check()
+            except (PreflightError, CheckpointError, TrainingDiverged) as e:
+                problem = str(e)
+            except Exception as e:  # noqa: BLE001 - I/O failures come as OSError or RuntimeError (torch.save)
+                problem = f"rank {acc.process_index}: {type(e).__name__}: {e}"
+        problems = [p for p in gather_object([problem]) if p]
+        if problems:
+            raise error(problems[0])
+
+    def _check_free_space(self, model: torch.nn.Module) -> None:
+        t = self.cfg.train
+        params = list(model.parameters())
+        saves = t.max_steps // t.save_every + 1 if t.save_every else 1
+        best = 1 if self.cfg.eval.every_steps else 0
+        estimate = preflight.SpaceEstimate(
+            parameters=sum(p.numel() for p in params), bytes_per_value=max(p.element_size() for p in params),
+            optimizer_states=2,  # AdamW: exp_avg and exp_avg_sq
+            # keep_last plus the one being written before the oldest goes, and the best
+            checkpoint_slots=(min(t.keep_last + 1, saves) if t.keep_last else saves) + best,
+            model_copies=1 + best, already_used=preflight.directory_bytes(self.out / "checkpoints"))
+        free = preflight.check_free_space(self.out, estimate, t.min_free_bytes)
+        print(f"output: {self.out}: {free / 2**30:,.1f} GiB free; needs about {estimate.needed / 2**20:,.1f} MiB "
+              f"({estimate.explain()})", flush=True)
+
+    def _check_evaluation_data(self) -> None:
+        """Held-out evaluation reads data.path strictly (data.on_bad_record does not apply to it):
+        with skipped records, a file it would reject must stop the run now, not at the first
+        evaluation hours later."""
+        cfg, e = self.cfg, self.cfg.eval
+        if cfg.data.on_bad_record != "skip" or cfg.data.format != "squad_dir" or not (
+                e.before_training or e.after_training or e.every_steps):
+            return
+        from hybrid_dist.data import DataError
+        from hybrid_dist.data.split import ArticleSplit
+        from hybrid_dist.evaluation.lareqa import load_lareqa
+
+        try:  # memoised: the evaluation itself reuses this parse
+            load_lareqa(cfg.data.path, cfg.data.languages, ArticleSplit(cfg.data.split, cfg.data.heldout_fraction), e.part)
+        except DataError as err:
+            raise DataError(err.source, err.where, err.field_name,
+                            f"{err.problem} (held-out evaluation reads the data strictly: fix it, or turn evaluation off "
+                            "with eval.before_training=false eval.after_training=false eval.every_steps=0)") from None
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -337,9 +523,3 @@ def _flat_hparams(tree: dict, prefix: str = "") -> dict:
             flat[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
     return flat
 
-
-def _write_json_atomic(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False))
-    os.replace(tmp, path)

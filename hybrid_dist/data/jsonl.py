@@ -75,7 +75,7 @@ def read_jsonl(path: str | Path, bad: BadRecords | None = None, max_chars: int =
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                row = json.loads(line.rstrip("\r\n"))  # a newline inside a cut-off string is not the problem
             except json.JSONDecodeError as e:
                 raise DataError(source, f"{where} column {e.colno}", None, json_problem(e, line)) from None
             try:

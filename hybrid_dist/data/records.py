@@ -47,9 +47,10 @@ def json_problem(error, text: str) -> str:
     """The problem text for a ``json.JSONDecodeError``; a file cut short says so."""
     if not text.strip():
         return "empty (no JSON at all)"
-    if error.pos >= len(text.rstrip()):
-        return f"invalid JSON: {error.msg} at the end of the input (truncated?)"
-    return f"invalid JSON: {error.msg}"
+    msg = f"{error.msg} column {error.colno}" if error.msg.endswith(" at") else error.msg  # "... starting at"
+    if error.pos >= len(text.rstrip()) or error.msg.startswith("Unterminated string"):
+        return f"invalid JSON: {msg}; the input ends there (truncated?)"
+    return f"invalid JSON: {msg}"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,150 @@
+"""Checkpoint directories on disk: atomic publication, an integrity manifest, retention, selection.
+
+A checkpoint is written into ``.tmp-step-N``; every file is fsynced, a manifest of file sizes is
+written last, and the directory is renamed to ``step-N``. A crash at any moment leaves either the
+complete new checkpoint or none, and the older ones untouched; ``newest_complete`` then ignores
+the temporary directory and any checkpoint whose files no longer match their manifest.
+Only files here: no torch, no Accelerate."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+
+PREFIX = "step-"
+TMP_PREFIX = ".tmp-"
+STATE_FILE = "trainer_state.json"
+MANIFEST = "manifest.json"
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def step_dir(root: Path, step: int) -> Path:
+    return root / f"{PREFIX}{step:08d}"
+
+
+def tmp_dir(root: Path, step: int) -> Path:
+    return root / f"{TMP_PREFIX}{PREFIX}{step:08d}"
+
+
+def step_of(path: Path) -> int:
+    return int(path.name[len(PREFIX):])
+
+
+# ---------------------------------------------------------------------- durable writes
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file's or a directory's entries to the disk (a rename is durable only after the
+    directory holding it is synced)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(json.dumps(obj, indent=2, ensure_ascii=False))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _files(directory: Path) -> dict[str, int]:
+    return {str(p.relative_to(directory)): p.stat().st_size
+            for p in sorted(directory.rglob("*")) if p.is_file() and p.name != MANIFEST}
+
+
+def publish(tmp: Path, final: Path) -> None:
+    """Seal ``tmp`` (fsync every file, write the manifest last) and rename it to ``final``."""
+    files = _files(tmp)
+    for name in files:
+        fsync_path(tmp / name)
+    write_json_atomic(tmp / MANIFEST, {"files": files})
+    fsync_path(tmp)
+    if final.exists():  # the same step written again (a resumed run): the new copy wins
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    fsync_path(final.parent)
+
+
+def verify(path: Path) -> str | None:
+    """Why ``path`` is not a complete checkpoint, or None when it is."""
+    if not path.is_dir():
+        return "not a directory"
+    manifest = path / MANIFEST
+    if not manifest.exists():
+        return f"no {MANIFEST} (its writing never finished)"
+    try:
+        files = json.loads(manifest.read_text(encoding="utf-8"))["files"]
+    except (ValueError, KeyError, TypeError):
+        return f"unreadable {MANIFEST}"
+    if STATE_FILE not in files:
+        return f"no {STATE_FILE} in the manifest"
+    for name, size in files.items():
+        try:
+            actual = (path / name).stat().st_size
+        except OSError:
+            return f"{name} is missing"
+        if actual != size:
+            return f"{name} has {actual} bytes, the manifest says {size}"
+    return None
+
+
+# ---------------------------------------------------------------------- selection and retention
+
+
+def list_steps(root: Path) -> list[Path]:
+    """Published checkpoint directories, oldest first (complete or not: see ``verify``)."""
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.name.startswith(PREFIX) and p.name[len(PREFIX):].isdigit()]
+    return sorted(found, key=step_of)
+
+
+def newest_complete(root: Path) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The newest checkpoint that passes ``verify``, and the newer ones passed over with why
+    (interrupted temporary directories included)."""
+    passed_over = [(p, "interrupted while being written") for p in sorted(root.glob(f"{TMP_PREFIX}{PREFIX}*"))]
+    for path in reversed(list_steps(root)):
+        problem = verify(path)
+        if problem is None:
+            return path, passed_over
+        passed_over.append((path, problem))
+    return None, passed_over
+
+
+def prune(root: Path, keep_last: int, protect: Iterable[Path] = ()) -> list[Path]:
+    """Delete all but the newest ``keep_last`` checkpoints (0 keeps all) and any leftover
+    temporary directory; never a ``protect``ed one (the best checkpoint). Returns what went."""
+    protected = {p.resolve() for p in protect}
+    steps = list_steps(root)
+    doomed = steps[:-keep_last] if keep_last > 0 else []
+    doomed = [p for p in doomed if p.resolve() not in protected]
+    doomed += sorted(root.glob(f"{TMP_PREFIX}*"))
+    for path in doomed:
+        shutil.rmtree(path, ignore_errors=True)
+    return doomed
+
+
+# ---------------------------------------------------------------------- saved model directories
+
+
+def recover_dir(final: Path) -> None:
+    """Undo a ``BiEncoder.save_pretrained`` cut between its two renames (the old model waits as
+    ``.<name>.old``) and drop unfinished temporary copies (``.<name>.tmp-*``)."""
+    old = final.with_name(f".{final.name}.old")
+    if not final.exists() and old.exists():
+        os.replace(old, final)
+    shutil.rmtree(old, ignore_errors=True)
+    for tmp in final.parent.glob(f".{final.name}.tmp-*"):
+        shutil.rmtree(tmp, ignore_errors=True)
