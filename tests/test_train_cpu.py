@@ -21,11 +21,12 @@ TINY = ["--config", str(REPO / "configs" / "tiny.yaml"), "model.scratch.dropout=
 
 
 def launch(out: Path, processes: int, *overrides: str) -> subprocess.CompletedProcess:
+    # --main_process_port: accelerate launch sets MASTER_PORT=29500 whatever the environment says
     cmd = [shutil.which("accelerate") or "accelerate", "launch", "--cpu", "--num_processes", str(processes),
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "-m", "hybrid_dist.train", *TINY, f"train.output_dir={out}", f"data.path={REPO.parent / 'shared/data/xquad-r'}",
-           *overrides]
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", MASTER_PORT=str(_free_port()))
+           "--main_process_port", str(_free_port()), "-m", "hybrid_dist.train", *TINY, f"train.output_dir={out}",
+           f"data.path={REPO.parent / 'shared/data/xquad-r'}", *overrides]
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return proc
