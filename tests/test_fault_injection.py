@@ -100,3 +100,40 @@ def test_nonfinite_steps_are_skipped_on_every_rank_then_training_stops(tmp_path,
     assert all(torch.isfinite(t).all() for t in weights(out / "checkpoints" / "step-00000004").values())
     state = json.loads((out / "checkpoints" / "step-00000004" / "trainer_state.json").read_text())
     assert state["step"] == 4 and state["world_size"] == 2
+
+
+@pytest.mark.slow
+def test_kill9_at_a_random_moment_without_any_hook(tmp_path, xquad_dir):
+    """No fault hook: the kill lands wherever the run is (mid-step, mid-checkpoint) once the batch
+    log shows a random number of steps done."""
+    from cpu_runs import command, environment, worker_processes
+
+    import signal
+    import subprocess
+
+    long_run = ("train.max_steps=40", "train.save_every=3", "train.keep_last=2", "train.deterministic=true")
+    reference = tmp_path / "reference"
+    run(2, reference, *long_run)
+    rnd = random.Random(SEED)
+    for attempt in range(3):  # the run may finish before the kill lands: try again, earlier
+        out = tmp_path / f"killed{attempt}"
+        after, victim_rank = rnd.randint(4, 30 - 10 * attempt), rnd.randint(0, 1)
+        proc = subprocess.Popen(command(2, out, *long_run), env=environment(), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+        log = out / "batches.jsonl"
+        while proc.poll() is None and (not log.exists() or log.read_bytes().count(b"\n") < after):
+            time.sleep(0.002)
+        victims = [w for w in worker_processes(proc.pid) if w.environ().get("RANK") == str(victim_rank)]
+        if victims:
+            os.kill(victims[0].pid, signal.SIGKILL)
+        proc.wait(timeout=120)
+        if proc.returncode != 0:
+            break
+    else:
+        pytest.skip("the run finished before the kill three times")
+    why = f"HYBRID_DIST_TEST_SEED={SEED}: kill -9 of rank {victim_rank} after {after} logged steps"
+    resumed = run(2, out, *long_run, "train.resume=auto")
+    assert "resumed from" in resumed.stdout or "starting at step 0" in resumed.stdout, why
+    want, got = weights(reference / "model"), weights(out / "model")
+    assert all(torch.equal(want[k], got[k]) for k in want), why
+    assert all(dict(batch_log(reference))[s] == d for s, d in batch_log(out)), why
