@@ -45,13 +45,15 @@ class ResourcesSection:
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
     trial_driver_cpus: float = 0.25  # the Tune trial only starts and watches its Train run
+    # PACK: workers on as few nodes as fit; STRICT_PACK: one node per trial (no shared filesystem needed)
+    placement_strategy: Literal["PACK", "STRICT_PACK", "SPREAD", "STRICT_SPREAD"] = "PACK"
 
 
 @dataclass
 class FailureSection:
     trial_max_failures: int = 1  # Tune restarts a trial whose driver died; Train resumes its run
     worker_max_failures: int = 1  # Ray Train restarts the worker group from the last checkpoint
-    inject_worker_failure_at_step: int = 0  # tests and drills: rank 0 fails once after this checkpoint
+    inject_worker_failure_at_step: int = 0  # tests and drills: once per search, rank 0 fails after this step's checkpoint
 
 
 @dataclass

@@ -55,7 +55,7 @@ def run_trial(config: dict[str, Any], job: dict) -> None:
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from hybrid_dist.tune.worker import train_loop_per_worker
+    from hybrid_dist.tune.worker import FAULT_MARKER, train_loop_per_worker
 
     trial_id = ray.tune.get_context().get_trial_id()
     res, failure = job["resources"], job["failure"]
@@ -68,9 +68,11 @@ def run_trial(config: dict[str, Any], job: dict) -> None:
             "config": trial_training_config(job, config),
             "work_dir": f"{job['work_dir']}/{trial_id}",
             "fail_at_step": failure["inject_worker_failure_at_step"],
+            "fault_marker": f"{job['work_dir']}/{FAULT_MARKER}",
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=res["num_workers"], use_gpu=bool(res["gpus_per_worker"]), resources_per_worker=per_worker,
+            placement_strategy=res["placement_strategy"],
         ),
         run_config=ray.train.RunConfig(
             # a stable name: a restarted trial finds its Train run (and last checkpoint) again

@@ -11,6 +11,7 @@ from pathlib import Path
 from hybrid_dist.tune.spec import config_from_dict
 
 FAULT_MARKER = "injected-failure.done"
+RESTORE_LOG = "restored-from.txt"  # one line per restore: the Ray checkpoint it resumed from
 
 
 class InjectedFailure(RuntimeError):
@@ -74,7 +75,7 @@ class RayReportCallback:
 
 def train_loop_per_worker(loop_config: dict) -> None:
     """``loop_config``: ``config`` (the trial's training config as a dict), ``work_dir``,
-    ``fail_at_step``. Ray Train has already set up torch.distributed (gloo on CPU, NCCL on GPU)
+    ``fail_at_step``, ``fault_marker``. Ray Train has already set up torch.distributed (gloo on CPU, NCCL on GPU)
     and RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR, which Accelerate picks up."""
     import ray.train
     import transformers
@@ -86,12 +87,17 @@ def train_loop_per_worker(loop_config: dict) -> None:
     cfg = config_from_dict(loop_config["config"])
     work = Path(loop_config["work_dir"])
     cfg.train.output_dir = str(work / "output")
-    callback = RayReportCallback(int(loop_config.get("fail_at_step") or 0), work / FAULT_MARKER)
+    # one injected failure per search (the marker is shared by its trials)
+    callback = RayReportCallback(int(loop_config.get("fail_at_step") or 0), Path(loop_config["fault_marker"]))
     checkpoint = ray.train.get_checkpoint()
     # a restored run (worker-group restart, or a restarted trial) continues from its last Ray checkpoint
     restored = checkpoint.as_directory() if checkpoint is not None else contextlib.nullcontext(None)
     with restored as path:
         if path is not None:
             cfg.train.resume = os.fspath(path)
+            if ray.train.get_context().get_world_rank() == 0:
+                work.mkdir(parents=True, exist_ok=True)
+                with open(work / RESTORE_LOG, "a", encoding="utf-8") as f:
+                    f.write(f"{checkpoint.path}\n")
         trainer = Trainer(cfg, callbacks=[callback])
         trainer.fit()  # closes the trainer: DDP is freed before the process group goes away
