@@ -159,8 +159,9 @@ class Trainer:
         cfg, acc = self.cfg, self.accelerator
         self._maybe_resume()
         if acc.is_main_process and cfg.train.log_batches:
-            # one line per step: which global batch it trained on, so resumes can be audited
-            self._batch_log = open(self.out / BATCH_LOG, "a", encoding="utf-8")
+            # one line per step: which global batch it trained on, so resumes can be audited; a
+            # resumed run appends (replayed steps appear twice), a fresh one starts the log anew
+            self._batch_log = open(self.out / BATCH_LOG, "a" if self.step else "w", encoding="utf-8")
         acc.init_trackers("tensorboard", config=_flat_hparams(to_dict(cfg)))
         if cfg.eval.before_training and self.step == 0:
             self.results["step 0 (before training)"] = self.evaluate()

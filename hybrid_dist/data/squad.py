@@ -203,11 +203,11 @@ def _parse_question(qa, context: str, spans: list[tuple[int, int]], src: str, q_
         overlapping = tuple(i for i, (b, _) in enumerate(spans) if b >= start)[:1]
     if not overlapping:
         raise DataError(src, f"{q_where}.answers[0]", "answer_start", "not inside any sentence")
-    if qid in seen:  # one id names one question: a repeat would be a false parallel group
+    if qid in seen and seen[qid][1] != question:  # an exact repeat is fine: MLQA repeats paragraphs
         first_where, first = seen[qid]
-        differs = f"with a different question (first: {excerpt(first)}" if first != question else "(same question"
-        raise DataError(src, q_where, "id", f"duplicate id {differs}, at {first_where})")
-    seen[qid] = (q_where, question)
+        raise DataError(src, q_where, "id", f"duplicate id with a different question (first: {excerpt(first)}, "
+                                            f"at {first_where})")
+    seen.setdefault(qid, (q_where, question))
     return SquadQuestion(qid, question, start, answer_text, overlapping)
 
 
