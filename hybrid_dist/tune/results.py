@@ -117,7 +117,8 @@ def plot_alpha(rows: list[dict], spec: SearchSpec, path: Path, alpha_key: str = 
     import matplotlib.pyplot as plt
 
     points = [r for r in rows if r["status"] != ERROR and r["metric"] is not None
-              and r["params"].get(alpha_key) is not None]
+              and r["params"].get(alpha_key) is not None
+              and r["params"].get("sampler.mode", "hybrid") == "hybrid"]  # alpha only acts in hybrid mode
     if not points:
         return None
     buckets = lr_buckets([r["params"].get(lr_key) for r in points])

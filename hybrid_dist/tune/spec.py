@@ -157,10 +157,14 @@ def validate(spec: SearchSpec) -> None:
         parse_distribution(key, dist, where)
         if key in spec.overrides:
             raise ConfigError(f"{where}: {key} is both in overrides and in space")
-    # every key must be a training key with a value of the right type: try one value of each
+    # every key must be a training key, and every value it can take of the right type
     probe = {k: example_value(parse_distribution(k, d, where)) for k, d in spec.space.items()}
     try:
         cfg = spec.training_config(probe)
+        for key, dist in spec.space.items():
+            kind, args = parse_distribution(key, dist, where)
+            for value in (args if kind in ("grid", "choice") else args[:2]):
+                spec.training_config({**probe, key: value})
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
     if not cfg.eval.every_steps:
