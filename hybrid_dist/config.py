@@ -101,6 +101,9 @@ class TrainConfig:
     keep_last: int = 2
     resume: str | None = None  # "auto" (newest complete checkpoint in output_dir) or a checkpoint path
     progress_bar: bool = True
+    # > 0: gradient cache, encoding each micro-batch in chunks of this many texts (global batches
+    # beyond activation memory; same gradients as without it)
+    grad_cache_chunk_size: int = 0
     # on these signals: checkpoint at the next step, exit 75 (SLURM: --signal=USR1@120, preemption)
     preemption_signals: list[str] = field(default_factory=lambda: ["SIGUSR1", "SIGTERM"])
     max_bad_steps: int = 5  # non-finite loss/gradient steps skipped in a row before stopping; 0: stop at the first

@@ -88,6 +88,8 @@ def cached_backward(
     ``backward`` is e.g. ``accelerator.backward``; ``no_sync`` e.g.
     ``lambda: accelerator.no_sync(model)``: every re-encoding but the last runs inside it.
     """
+    if chunk_size < 1:
+        raise ValueError(f"train.grad_cache_chunk_size must be at least 1, got {chunk_size}")
     cached = [None if f is None else embed_without_graph(encode, f, chunk_size) for f in inputs]
     leaves = [None if c is None else c[0].detach().requires_grad_() for c in cached]
     loss = loss_fn(*leaves, *loss_args)

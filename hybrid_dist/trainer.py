@@ -29,6 +29,7 @@ from hybrid_dist.losses import build_loss
 from hybrid_dist.models.biencoder import BiEncoder
 from hybrid_dist.models.scratch import build_scratch_encoder
 from hybrid_dist.nonfinite import NonFiniteSteps, TrainingDiverged, nonfinite_tensors
+from hybrid_dist.gradcache import cached_backward
 from hybrid_dist.preemption import PreemptionWatcher
 from hybrid_dist.preflight import PreflightError
 from hybrid_dist.sampler import GlobalBatchSampler
@@ -249,13 +250,21 @@ class Trainer:
         grad_norm = float("nan")
         for mb in micro_batches:
             with acc.accumulate(model):
-                q = model(**_to(mb.query, acc.device))
-                p = model(**_to(mb.passage, acc.device))
-                n = model(**_to(mb.negative, acc.device)) if mb.negative is not None else None
-                loss = self.loss_fn(q, p, n, mb.query_groups.to(acc.device), mb.passage_groups.to(acc.device))
-                if self.faults.at("nan_loss", step):
-                    loss = loss * float("nan")
-                acc.backward(loss)
+                groups = (mb.query_groups.to(acc.device), mb.passage_groups.to(acc.device))
+                inputs = [_to(mb.query, acc.device), _to(mb.passage, acc.device),
+                          _to(mb.negative, acc.device) if mb.negative is not None else None]
+
+                def loss_fn(q, p, n, *groups):
+                    loss = self.loss_fn(q, p, n, *groups)
+                    return loss * float("nan") if self.faults.at("nan_loss", step) else loss
+
+                chunk = self.cfg.train.grad_cache_chunk_size
+                if chunk:  # embeddings in no-graph chunks, loss, then chunked re-encoding
+                    loss = cached_backward(model, loss_fn, inputs, groups, chunk, backward=acc.backward,
+                                           no_sync=lambda: acc.no_sync(model))
+                else:
+                    loss = loss_fn(*(model(**f) if f is not None else None for f in inputs), *groups)
+                    acc.backward(loss)
                 total += loss.detach() / len(micro_batches)
                 if acc.sync_gradients:
                     if self.faults.at("inf_grad", step):

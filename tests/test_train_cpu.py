@@ -112,3 +112,12 @@ def test_bad_override_is_a_clear_error(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "hybrid_dist.train", *TINY, "sampler.alpah=0.3"],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "sampler.alpah" in proc.stderr
+
+
+def test_gradient_cache_trains_the_same_weights(two_rank_run, tmp_path):
+    """2 ranks, each micro-batch of 4 pairs encoded in chunks of 3 texts (dropout off)."""
+    out, _ = two_rank_run
+    launch(tmp_path / "cached", 2, "train.grad_cache_chunk_size=3")
+    want, got = weights(out / "model"), weights(tmp_path / "cached" / "model")
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=1e-4, atol=1e-5, msg=k)
