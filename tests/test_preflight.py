@@ -1,7 +1,8 @@
 """Output directory checks before training: unwritable or too full is a clear error naming the
 path, exit code 2, before any training step. Tests run as root, where permission bits do not stop
 writes, so "unwritable" is a path under a regular file, or (where mounting is allowed) a real
-read-only file system; "too full" is a real 1 MiB tmpfs, or train.min_free_bytes set beyond the disk."""
+read-only file system; "too full" is a real 1 MiB tmpfs, or train.min_free_bytes set beyond the disk.
+A disk that fills up later, mid-run, is a real tmpfs filled while the ranks are stopped (SIGSTOP)."""
 
 from __future__ import annotations
 
@@ -79,3 +80,41 @@ def test_cli_real_small_and_read_only_file_systems(tmpfs, xquad_dir):
     proc = run(1, tmpfs / "other", expect=2)
     assert proc.stderr.strip().splitlines()[-1] == (
         f"error: train.output_dir {tmpfs / 'other'}: cannot create it (Read-only file system)")
+
+
+def test_disk_filling_up_mid_run_stops_cleanly(tmpfs, xquad_dir):
+    """The disk fills after the checks passed: the checkpoint write fails on a rank, every rank stops
+    with one message, the temporary directory goes and the earlier checkpoints stay complete."""
+    import os
+    import signal
+    import time
+
+    from cpu_runs import command, environment, worker_processes
+    from hybrid_dist import checkpoints
+
+    subprocess.run(["mount", "-o", "remount,size=4m", str(tmpfs)], check=True)
+    out = tmpfs / "run"
+    proc = subprocess.Popen(command(2, out, "train.max_steps=20", "train.save_every=2", "train.keep_last=1"),
+                            env=environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = out / "batches.jsonl"
+    try:  # step 3 logged: checkpoint 2 is complete
+        while proc.poll() is None and not (log.exists() and log.read_bytes().count(b"\n") >= 3):
+            time.sleep(0.002)
+        workers = worker_processes(proc.pid)
+        for w in workers:  # hold the ranks still (a stalled node) while the disk fills up
+            w.send_signal(signal.SIGSTOP)
+        stat = os.statvfs(tmpfs)
+        (tmpfs / "filler").write_bytes(b"\0" * (stat.f_bavail * stat.f_frsize - 150 * 1024))
+        for w in workers:
+            w.send_signal(signal.SIGCONT)
+        output, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0, output[-3000:]
+    error = next(line for line in output.splitlines() if line.startswith("error: writing checkpoint"))
+    assert "No space left on device" in error or "write failed" in error, error
+    assert error.endswith(f"the earlier checkpoints in {out / 'checkpoints'} are untouched"), error
+    assert not list((out / "checkpoints").glob(".tmp-*")) and not (out / "model").exists()
+    kept = checkpoints.list_steps(out / "checkpoints")
+    assert kept and all(checkpoints.verify(p) is None for p in kept)
