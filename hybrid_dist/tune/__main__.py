@@ -54,7 +54,11 @@ def main(argv: list[str] | None = None) -> int:
 
     paths = experiment_paths(spec, args.name)
     started = time.time()
-    connect(args.address, args.num_cpus, args.num_gpus)
+    try:
+        connect(args.address, args.num_cpus, args.num_gpus)
+    except RuntimeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     try:
         grid = run_search(spec, paths, resume=args.resume)
         base = spec.training_config()
@@ -72,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     print(tables["markdown"].read_text())
     counts = {s: sum(r["status"] == s for r in rows) for s in (res.COMPLETED, res.STOPPED, res.ERROR, res.INCOMPLETE)}
     print("trials: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
+    if counts[res.INCOMPLETE]:
+        print("the search did not finish: continue it with --resume (same --config, --storage and --name)")
     if best is None:
         print("no trial reported the metric; no best.yaml written", file=sys.stderr)
         return 1

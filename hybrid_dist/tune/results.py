@@ -16,26 +16,33 @@ from hybrid_dist.config import to_dict
 from hybrid_dist.tune.spec import SearchSpec
 
 SUMMARY_COLUMNS = ("mono_map", "cross_map", "multi_map", "bias_max_rank_distance")
-COMPLETED, STOPPED, ERROR, INCOMPLETE = "completed", "stopped early (ASHA)", "error", "incomplete"
+COMPLETED, STOPPED, ERROR, INCOMPLETE = "completed", "stopped early (ASHA)", "error", "incomplete (resume it)"
 
 
 def trial_rows(result_grid, spec: SearchSpec, max_steps: int) -> list[dict[str, Any]]:
     """One plain dict per trial from Tune's ResultGrid: sampled values, status, last metrics and
     the metric history (step -> value)."""
     rows = []
-    for result in result_grid:
+    # Tune's own trial states, in the grid's order: TERMINATED (finished or stopped by the
+    # scheduler), ERROR, or still PENDING / RUNNING / PAUSED when the search was interrupted
+    analysis = getattr(result_grid, "_experiment_analysis", None)
+    states = [t.status for t in analysis.trials] if analysis is not None else []
+    for i, result in enumerate(result_grid):
         metrics = dict(result.metrics or {})
         history = []
         frame = result.metrics_dataframe
         if frame is not None and spec.metric in frame and "step" in frame:
             history = [(int(s), _num(v)) for s, v in zip(frame["step"], frame[spec.metric]) if not _missing(s)]
         step = int(metrics["step"]) if "step" in metrics and not _missing(metrics["step"]) else 0
-        if result.error is not None:
+        state = states[i] if i < len(states) else "TERMINATED"
+        if result.error is not None or state == "ERROR":
             status = ERROR
         elif step >= max_steps:
             status = COMPLETED
+        elif state == "TERMINATED" and spec.scheduler.name == "asha":
+            status = STOPPED
         else:
-            status = STOPPED if spec.scheduler.name == "asha" else INCOMPLETE
+            status = INCOMPLETE  # interrupted: `--resume` continues it
         rows.append({
             "trial_id": metrics.get("trial_id") or Path(result.path).name,
             "params": {k: result.config.get(k) for k in spec.space},

@@ -45,6 +45,32 @@ def connect(address: str, num_cpus: float | None = None, num_gpus: float | None 
                  log_to_driver=True)
     else:
         ray.init(address=address, runtime_env=runtime_env)
+    if not address.startswith("ray://"):
+        require_state_api()
+
+
+def require_state_api(attempts: int = 10, wait_s: float = 2.0) -> None:
+    """Stop early on a cluster without the dashboard. Ray Train finds the workers of a trial that
+    ASHA stopped through the dashboard's state API and frees them. Without that API they stay
+    reserved, and every later trial waits for workers forever."""
+    import time
+
+    import ray
+    from ray.util.state import list_actors
+
+    gcs = ray.get_runtime_context().gcs_address  # this cluster, even when others run on the node
+    for _ in range(attempts):
+        try:
+            list_actors(address=gcs, limit=1, timeout=10, raise_on_missing_output=False)
+            return
+        except Exception:  # noqa: BLE001  (RayStateApiException or a connection error while it starts)
+            time.sleep(wait_s)
+    ray.shutdown()
+    raise RuntimeError(
+        "the Ray cluster has no dashboard (its state API does not answer): Ray Train could not free the "
+        "workers of trials that ASHA stops, and the search would hang. Start Ray with the dashboard "
+        "(`ray start` without --include-dashboard=false; pip install 'ray[default]')."
+    )
 
 
 def build_searcher(spec: SearchSpec):
