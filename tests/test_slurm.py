@@ -113,3 +113,23 @@ def test_preempted_job_requeues_and_resumes(slurm_env, tmp_path):
     assert "trained to step 240" in log and log.rstrip().endswith("finished with exit code 0")
     state = json.loads((out / "checkpoints" / "step-00000240" / "trainer_state.json").read_text())
     assert state["step"] == 240
+
+
+@pytest.mark.slow
+def test_tune_sbatch_runs_a_search_on_a_ray_cluster_inside_the_job(slurm_env, tmp_path):
+    """slurm/tune.sbatch: Ray head started inside the allocation, the CI search (2 trials) run
+    against it, best.yaml written, Ray stopped (no Ray process of the job left)."""
+    pytest.importorskip("ray")
+    name = "hd-test-tune"
+    env = dict(slurm_env, SEARCH=str(REPO / "ray_configs" / "tiny-cpu.yaml"), STORAGE=str(tmp_path),
+               OVERRIDES="search.num_samples=2")
+    proc = subprocess.run(["sbatch", "--parsable", f"--job-name={name}", str(REPO / "slurm" / "tune.sbatch")],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    job = proc.stdout.strip().split(";")[0]
+    assert wait_done(slurm_env, job, timeout=600) == "COMPLETED", log_of(name, job)[-5000:]
+    log = log_of(name, job)
+    assert "[tune.sbatch] search finished" in log
+    assert (tmp_path / "tiny-cpu" / "best.yaml").exists() and (tmp_path / "tiny-cpu" / "alpha-plot.png").exists()
+    leftover = subprocess.run(["pgrep", "-f", f"ray-{job}/"], capture_output=True, text=True)
+    assert leftover.stdout.strip() == ""
