@@ -10,8 +10,10 @@ injected worker failure that Ray Train restores from its Ray checkpoint. Then be
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -202,7 +204,13 @@ def tiny_search(tmp_path_factory, xquad_dir):
            "--address", "local", "--num-cpus", "2", "--storage", str(storage),
            "failure.inject_worker_failure_at_step=10"]
     started = time.time()
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    try:
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=480)
+    except subprocess.TimeoutExpired:
+        for pid in ray_processes(marker):  # the Ray instance the killed search left behind
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        raise
     wall = time.time() - started
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-6000:]
     exp = storage / "tiny-cpu"

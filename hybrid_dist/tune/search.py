@@ -39,12 +39,20 @@ def connect(address: str, num_cpus: float | None = None, num_gpus: float | None 
     (``ray start`` on SLURM, or the autoscaler's head); ``ray://host:10001``: Ray Client."""
     import ray
 
-    runtime_env = {"env_vars": dict(WORKER_ENV)}
+    env = dict(WORKER_ENV)
+    # Ray Train reaches the state API from inside the cluster and, with no address, finds it by
+    # looking for a Ray instance on the node: with two instances there (another user's, a second
+    # search) that fails, and the workers of trials that ASHA stopped are never freed. Every
+    # process of this job therefore gets this cluster's address.
     if address == "local":
-        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, runtime_env=runtime_env, include_dashboard=True,
-                 log_to_driver=True)
+        port = _free_port()
+        env["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, runtime_env={"env_vars": env}, include_dashboard=True,
+                 dashboard_host="127.0.0.1", dashboard_port=port, log_to_driver=True)
     else:
-        ray.init(address=address, runtime_env=runtime_env)
+        if address != "auto" and not address.startswith("ray://"):
+            env["RAY_ADDRESS"] = address
+        ray.init(address=address, runtime_env={"env_vars": env})
     if not address.startswith("ray://"):
         require_state_api()
 
@@ -71,6 +79,14 @@ def require_state_api(attempts: int = 10, wait_s: float = 2.0) -> None:
         "workers of trials that ASHA stops, and the search would hang. Start Ray with the dashboard "
         "(`ray start` without --include-dashboard=false; pip install 'ray[default]')."
     )
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def build_searcher(spec: SearchSpec):
