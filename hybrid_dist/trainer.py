@@ -36,6 +36,7 @@ from hybrid_dist.sampler import GlobalBatchSampler
 
 CHECKPOINT_PREFIX = ckpt.PREFIX
 OFFLINE_PREFIX = "offline:"
+PREEMPTED_FILE = "PREEMPTED"
 STATE_FILE = ckpt.STATE_FILE
 BATCH_LOG = "batches.jsonl"
 # config keys a resume may change without a warning (where and how long, not what is trained)
@@ -203,8 +204,13 @@ class Trainer:
             if self.preemption is not None and self.preemption.should_stop() and self.step < cfg.train.max_steps:
                 if not saved:
                     self.save_checkpoint()
-                acc.print(f"preempted ({self.preemption.received or 'signal on another rank'}) at step "
-                          f"{self.step}: checkpoint written; resume with train.resume=auto")
+                signal_name = self.preemption.received or "signal on another rank"
+                if acc.is_main_process:
+                    # the job script's evidence (exit codes can be lost when a launcher kills the
+                    # slower ranks): slurm/hybrid.sbatch requeues when it finds this file
+                    ckpt.write_json_atomic(self.out / PREEMPTED_FILE, {"step": self.step, "signal": signal_name})
+                acc.print(f"preempted ({signal_name}) at step {self.step}: checkpoint written; "
+                          "resume with train.resume=auto")
                 self.preempted = True
                 break
         if progress is not None:
