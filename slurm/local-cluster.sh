@@ -12,6 +12,7 @@ DIR=${SLURM_LOCAL_DIR:-/tmp/hybrid-dist-slurm}
 HOST=$(hostname -s)
 CPUS=${SLURM_LOCAL_CPUS:-$(nproc)}
 MEM_MB=${SLURM_LOCAL_MEM_MB:-8000}
+MUNGE_PID=/run/munge/hybrid-dist-munged.pid
 
 install() {
     export DEBIAN_FRONTEND=noninteractive
@@ -29,8 +30,9 @@ start_munge() {
     chmod 755 /run/munge
     if ! munge -n >/dev/null 2>&1; then
         sudo_munge=(runuser -u munge --)
-        "${sudo_munge[@]}" munged --force --pid-file="$DIR/munged.pid" 2>/dev/null \
-            || munged --force --pid-file="$DIR/munged.pid"
+        # the pid file lives in munge's own run directory: munged may run as the munge user
+        "${sudo_munge[@]}" munged --force --pid-file="$MUNGE_PID" 2>/dev/null \
+            || munged --force --pid-file="$MUNGE_PID"
     fi
     for _ in $(seq 50); do munge -n >/dev/null 2>&1 && return 0; sleep 0.1; done
     echo "munged did not start" >&2; return 1
@@ -91,8 +93,7 @@ start() {
 }
 
 stop() {
-    for name in slurmd slurmctld munged; do
-        pidfile="$DIR/$name.pid"
+    for pidfile in "$DIR/slurmd.pid" "$DIR/slurmctld.pid" "$MUNGE_PID"; do
         if [ -s "$pidfile" ]; then
             pid=$(cat "$pidfile")
             kill "$pid" 2>/dev/null || true
