@@ -80,6 +80,7 @@ def cached_backward(
     chunk_size: int,
     backward: Callable[[torch.Tensor], None] = torch.Tensor.backward,
     no_sync: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    backward_allowed: Callable[[torch.Tensor], bool] = lambda loss: True,
 ) -> torch.Tensor:
     """Gradient-cached ``loss_fn(*embeddings(inputs), *loss_args).backward()``; returns the loss.
 
@@ -87,12 +88,15 @@ def cached_backward(
     queries, passages and optional negatives, in the order ``loss_fn`` takes their embeddings.
     ``backward`` is e.g. ``accelerator.backward``; ``no_sync`` e.g.
     ``lambda: accelerator.no_sync(model)``: every re-encoding but the last runs inside it.
+    ``backward_allowed(loss)`` False: return the loss without any backward (a non-finite loss).
     """
     if chunk_size < 1:
         raise ValueError(f"train.grad_cache_chunk_size must be at least 1, got {chunk_size}")
     cached = [None if f is None else embed_without_graph(encode, f, chunk_size) for f in inputs]
     leaves = [None if c is None else c[0].detach().requires_grad_() for c in cached]
     loss = loss_fn(*leaves, *loss_args)
+    if not backward_allowed(loss):
+        return loss.detach()
     # the loss's own backward: through the all-gather to this rank's embeddings, no parameters
     loss.backward()
     work = [(part, state, leaf.grad[start : start + part["input_ids"].shape[0]])

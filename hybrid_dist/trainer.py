@@ -1,7 +1,7 @@
 """The training recipe: data -> sampler -> model -> loss -> optimizer, under Accelerate.
 
 One ``Trainer(cfg).fit()`` runs on CPU, one GPU or many nodes; Accelerate supplies the backend
-(DDP now; DeepSpeed / FSDP through a launcher config)."""
+(DDP, DeepSpeed ZeRO-2/3 or FSDP through a launcher config; see hybrid_dist.backends)."""
 
 from __future__ import annotations
 
@@ -14,16 +14,17 @@ import time
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, gather_object, set_seed
 from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
 
 from hybrid_dist import checkpoints as ckpt
+from hybrid_dist.backends import StepDriver, build_accelerator, configure_deepspeed
 from hybrid_dist import preflight, rng
 from hybrid_dist.batches import MicroBatch, StepDataset, step_loader
 from hybrid_dist.checkpoints import CheckpointError
 from hybrid_dist.config import Config, save_config, to_dict
 from hybrid_dist.data import BadRecords, load_corpus
+from hybrid_dist.distributed import all_true
 from hybrid_dist.faults import Faults
 from hybrid_dist.losses import build_loss
 from hybrid_dist.models.biencoder import BiEncoder
@@ -61,8 +62,7 @@ class Trainer:
             # bit-identical reruns and resumes (same hardware, same thread count); cuBLAS needs its workspace fixed
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True)
-        self.accelerator = Accelerator(
-            cpu=not torch.cuda.is_available(),  # any launcher (torchrun, SLURM, --multi_gpu) then runs gloo on CPU
+        self.accelerator = build_accelerator(
             gradient_accumulation_steps=cfg.train.gradient_accumulation_steps,
             mixed_precision=resolve_mixed_precision(cfg.train.mixed_precision),
             log_with="tensorboard",
@@ -97,13 +97,17 @@ class Trainer:
             _param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr,
             betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
         )
-        if cfg.optim.scheduler == "linear":
-            scheduler = get_linear_schedule_with_warmup(optimizer, cfg.optim.warmup_steps, cfg.train.max_steps)
-        else:
-            scheduler = get_constant_schedule_with_warmup(optimizer, cfg.optim.warmup_steps)
+        configure_deepspeed(acc, cfg.optim.max_grad_norm,
+                            self.sampler.micro_pool_size(acc.num_processes, cfg.train.gradient_accumulation_steps)
+                            // acc.num_processes)
         self.model, self.optimizer = acc.prepare(model, optimizer)
-        # stepped by hand once per optimizer step: Accelerate's wrapper would step it once per process
-        self.scheduler = scheduler
+        self.driver = StepDriver(acc, self.model)
+        # on the prepared optimizer, whose parameter groups ZeRO-3 rebuilds; stepped by hand once
+        # per optimizer step (Accelerate's wrapper would step it once per process)
+        if cfg.optim.scheduler == "linear":
+            self.scheduler = get_linear_schedule_with_warmup(self.optimizer, cfg.optim.warmup_steps, cfg.train.max_steps)
+        else:
+            self.scheduler = get_constant_schedule_with_warmup(self.optimizer, cfg.optim.warmup_steps)
         acc.register_for_checkpointing(self.scheduler)
         self.nonfinite = NonFiniteSteps(cfg.train.max_bad_steps)
         self._saved_step: int | None = None
@@ -239,7 +243,7 @@ class Trainer:
             return
         self._closed = True
         acc = self.accelerator
-        self.model = self.optimizer = None
+        self.model = self.optimizer = self.driver = None
         if self.preemption is not None:
             self.preemption.close()
         acc.free_memory()
@@ -249,11 +253,12 @@ class Trainer:
     def train_step(self, micro_batches: list[MicroBatch], step: int | None = None) -> tuple[torch.Tensor, float]:
         """One optimizer step (``step``: its 1-based number). A non-finite loss or gradient on any
         rank skips the update on every rank; the data position and the schedule still advance."""
-        acc, model = self.accelerator, self.model
+        acc, model, driver = self.accelerator, self.model, self.driver
         step = self.step + 1 if step is None else step
         model.train()
         total = torch.zeros((), device=acc.device)
         grad_norm = float("nan")
+        loss_ok = True
         for mb in micro_batches:
             with acc.accumulate(model):
                 groups = (mb.query_groups.to(acc.device), mb.passage_groups.to(acc.device))
@@ -264,25 +269,45 @@ class Trainer:
                     loss = self.loss_fn(q, p, n, *groups)
                     return loss * float("nan") if self.faults.at("nan_loss", step) else loss
 
+                def backward_allowed(loss: torch.Tensor) -> bool:
+                    # DeepSpeed steps inside its engine, past the point where a NaN gradient could still
+                    # be dropped: under it a non-finite loss (on any rank) stops the backward itself
+                    nonlocal loss_ok
+                    if driver.deepspeed and loss_ok:
+                        loss_ok = all_true(bool(torch.isfinite(loss).item()))
+                    return loss_ok
+
                 chunk = self.cfg.train.grad_cache_chunk_size
                 if chunk:  # embeddings in no-graph chunks, loss, then chunked re-encoding
-                    loss = cached_backward(model, loss_fn, inputs, groups, chunk, backward=acc.backward,
-                                           no_sync=lambda: acc.no_sync(model))
+                    loss = cached_backward(model, loss_fn, inputs, groups, chunk, backward=driver.backward,
+                                           no_sync=driver.no_sync, backward_allowed=backward_allowed)
                 else:
                     loss = loss_fn(*(model(**f) if f is not None else None for f in inputs), *groups)
-                    acc.backward(loss)
+                    if backward_allowed(loss):
+                        driver.backward(loss)
                 total += loss.detach() / len(micro_batches)
                 if acc.sync_gradients:
-                    if self.faults.at("inf_grad", step):
+                    if self.faults.at("inf_grad", step) and not driver.deepspeed:
                         next(p for p in model.parameters() if p.grad is not None).grad.view(-1)[0] = math.inf
-                    max_norm = self.cfg.optim.max_grad_norm or math.inf
-                    grad_norm = float(acc.clip_grad_norm_(model.parameters(), max_norm))
-                    if self._finite_everywhere(step, total, grad_norm):
-                        self.optimizer.step()
-                    elif acc.scaler is not None:
-                        acc.scaler.update()  # fp16: close the scaler's unscale/step cycle and back its scale off
+                    grad_norm = driver.clip_grad_norm(self.cfg.optim.max_grad_norm)
+                    if driver.deepspeed and not loss_ok:
+                        self._finite_everywhere(step, total, grad_norm)  # counts the skip (or stops)
+                        driver.discard(self.optimizer)
+                    elif driver.deepspeed:
+                        grad_norm = driver.update(self.optimizer)
+                        if not math.isfinite(grad_norm):
+                            raise TrainingDiverged(
+                                f"step {step}: non-finite gradient (norm {grad_norm}) under DeepSpeed, which has "
+                                "already applied it; stopping. Resume from the last checkpoint (it holds no NaN) "
+                                "with a lower optim.lr")
+                        self.nonfinite.ok()
+                    elif self._finite_everywhere(step, total, grad_norm):
+                        driver.update(self.optimizer)
+                    else:
+                        driver.discard(self.optimizer)
                     self.scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
+                if not driver.deepspeed:
+                    self.optimizer.zero_grad(set_to_none=True)  # the DeepSpeed engine zeroes its own in step()
         return total, grad_norm
 
     def _finite_everywhere(self, step: int, loss: torch.Tensor, grad_norm: float) -> bool:
@@ -315,7 +340,8 @@ class Trainer:
             acc.unwrap_model(self.model), cfg.data.path, split=ArticleSplit(cfg.data.split, cfg.data.heldout_fraction),
             part=cfg.eval.part, languages=cfg.data.languages, candidate_context=cfg.eval.candidate_context,
             batch_size=cfg.eval.batch_size, show_progress=cfg.train.progress_bar and acc.is_main_process,
-            shard_across_ranks=acc.num_processes > 1,
+            # ZeRO-3's forwards are collective: every rank must encode the same batches
+            shard_across_ranks=acc.num_processes > 1 and not self.driver.forward_is_collective,
         )
         summary = dict(result.summary)
         acc.log({f"eval/{k}": v for k, v in summary.items()}, step=self.step)
@@ -347,8 +373,9 @@ class Trainer:
         if not broadcast_object_list([better])[0]:  # saving is collective: every rank must agree
             return
         final = self.save_checkpoint()
+        state_dict = self.driver.full_state_dict()  # collective under ZeRO-3
         if acc.is_main_process:
-            self.save_model(self.out / "best", main_only=True)
+            self.save_model(self.out / "best", main_only=True, state_dict=state_dict)
             ckpt.write_json_atomic(best_file, {"metric": metric, "value": summary[metric], "step": self.step,
                                                "checkpoint": str(final)})
 
@@ -360,12 +387,15 @@ class Trainer:
         return ckpt.step_dir(self.out / "checkpoints", step)
 
     # ------------------------------------------------------------------ checkpoints
-    def save_model(self, path: Path, main_only: bool = False) -> None:
+    def save_model(self, path: Path, main_only: bool = False, state_dict: dict | None = None) -> None:
+        """``main_only``: called on the main process alone, with ``state_dict`` from
+        ``driver.full_state_dict()`` (collective) where the backend shards the weights."""
         acc = self.accelerator
         if not main_only:
             acc.wait_for_everyone()
+            state_dict = self.driver.full_state_dict()
         if acc.is_main_process:
-            acc.unwrap_model(self.model).save_pretrained(path)  # atomic: temporary directory + rename
+            acc.unwrap_model(self.model).save_pretrained(path, state_dict=state_dict)  # atomic: temporary dir + rename
         if not main_only:
             acc.wait_for_everyone()
 
@@ -487,7 +517,9 @@ class Trainer:
         saves = t.max_steps // t.save_every + 1 if t.save_every else 1
         best = 1 if self.cfg.eval.every_steps else 0
         estimate = preflight.SpaceEstimate(
-            parameters=sum(p.numel() for p in params), bytes_per_value=max(p.element_size() for p in params),
+            # ds_numel: a parameter ZeRO-3 already partitioned at load time holds an empty placeholder
+            parameters=sum(getattr(p, "ds_numel", p.numel()) for p in params),
+            bytes_per_value=max(p.element_size() for p in params),
             optimizer_states=2,  # AdamW: exp_avg and exp_avg_sq
             # keep_last plus the one being written before the oldest goes, and the best
             checkpoint_slots=(min(t.keep_last + 1, saves) if t.keep_last else saves) + best,

@@ -29,13 +29,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def command(processes: int, out: Path, *overrides: str) -> list[str]:
+def command(processes: int, out: Path, *overrides: str, launcher: str | None = None) -> list[str]:
+    """``launcher``: a file in launchers/ (DeepSpeed on CPU), else plain `accelerate launch --cpu`."""
     args = ["-m", "hybrid_dist.train", "--config", str(REPO / "configs" / "tiny.yaml"), f"train.output_dir={out}",
             f"data.path={DATA}", *overrides]
-    if processes == 1:
+    if processes == 1 and launcher is None:
         return [sys.executable, *args]
+    where = ["--config_file", str(REPO / "launchers" / launcher)] if launcher else ["--cpu"]
     # --main_process_port: accelerate launch would otherwise set MASTER_PORT=29500 whatever the environment says
-    return [shutil.which("accelerate") or "accelerate", "launch", "--cpu", "--num_processes", str(processes),
+    return [shutil.which("accelerate") or "accelerate", "launch", *where, "--num_processes", str(processes),
             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
             "--main_process_port", str(free_port()), *args]
 
@@ -50,8 +52,8 @@ def environment(fault: str | None = None) -> dict[str, str]:
 
 
 def run(processes: int, out: Path, *overrides: str, expect: int | None = 0,
-        fault: str | None = None) -> subprocess.CompletedProcess:
-    proc = subprocess.run(command(processes, out, *overrides), cwd=REPO, env=environment(fault), capture_output=True,
+        fault: str | None = None, launcher: str | None = None) -> subprocess.CompletedProcess:
+    proc = subprocess.run(command(processes, out, *overrides, launcher=launcher), cwd=REPO, env=environment(fault), capture_output=True,
                           text=True, timeout=TIMEOUT)
     if expect is not None:
         assert proc.returncode == expect, proc.stdout[-4000:] + proc.stderr[-4000:]

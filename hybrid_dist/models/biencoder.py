@@ -146,15 +146,22 @@ class BiEncoder(nn.Module):
         return out
 
     # ------------------------------------------------------------------ saving
-    def save_pretrained(self, out_dir: str | os.PathLike) -> Path:
+    def save_pretrained(self, out_dir: str | os.PathLike, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
         """Write the model atomically: into a temporary sibling directory, renamed when complete,
-        so an interrupted save never leaves a half-written model where a good one was."""
+        so an interrupted save never leaves a half-written model where a good one was.
+        ``state_dict``: this module's full weights where they live elsewhere (ZeRO-3 shards)."""
         out = Path(out_dir)
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
         try:
             encoder = getattr(self.encoder, "module", self.encoder)
-            encoder.save_pretrained(tmp, safe_serialization=True)
+            if state_dict is None:
+                encoder.save_pretrained(tmp, safe_serialization=True)
+            else:
+                weights = {k[len("encoder."):]: v for k, v in state_dict.items() if k.startswith("encoder.")}
+                # the names as in memory: transformers would otherwise "revert" a model loaded under
+                # ZeRO-3 to legacy names (LayerNorm.gamma) that AutoModel then fails to match
+                encoder.save_pretrained(tmp, safe_serialization=True, state_dict=weights, save_original_format=False)
             self.tokenizer.save_pretrained(tmp)
             _write_sentence_transformers_files(tmp, self)
             if out.exists():
