@@ -41,6 +41,10 @@ class ModelConfig:
     query_prefix: str = "query: "
     passage_prefix: str = "passage: "
     max_length: int = 128
+    # transformers attention kernel: sdpa, eager, flash_attention_2 (unpadded varlen attention; falls
+    # back to sdpa with a message where flash-attn or CUDA is missing); None: transformers' default
+    attn_implementation: str | None = None
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% more compute
 
 
 @dataclass
@@ -55,7 +59,7 @@ class DataConfig:
     hf_split: str = "train"
     hf_config_name: str | None = None
     hf_columns: dict[str, str] | None = None  # canonical field -> dataset column
-    num_workers: int = 0  # DataLoader workers that tokenize ahead of the training step
+    num_workers: int = 2  # DataLoader workers that tokenize ahead of the training step (0: in the step)
     on_bad_record: Literal["error", "skip"] = "error"  # skip: drop malformed records and log how many
     max_text_chars: int = 1_000_000  # a longer query/passage/context is a bad record (a data bug); 0: no limit
 
@@ -110,6 +114,10 @@ class TrainConfig:
     deterministic: bool = False  # torch.use_deterministic_algorithms: bit-identical resume on the same hardware
     min_free_bytes: int = 0  # free space to leave on output_dir's disk beyond the checkpoints' estimate
     log_batches: bool = True  # append each step's global batch digest to <output_dir>/batches.jsonl
+    # > 0: encode each rank's texts in length-sorted groups of this many, each trimmed to its own
+    # longest text (no compute on padding; same embeddings); the gradient cache's chunks are always sorted
+    length_group_size: int = 0
+    compile: bool = False  # torch.compile the encoder (dynamic shapes)
 
 
 @dataclass

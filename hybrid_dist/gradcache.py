@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
+from hybrid_dist.length_groups import sort_by_length, split_trimmed, unsort
+
 Features = dict[str, torch.Tensor]
 
 
@@ -47,29 +49,17 @@ class RngState:
             yield
 
 
-def chunks(features: Features, chunk_size: int) -> list[Features]:
-    """Row slices of a tokenized batch, each trimmed to its own longest sequence (no compute on
-    the padding another chunk needed)."""
-    rows = features["input_ids"].shape[0]
-    out = []
-    for start in range(0, rows, chunk_size):
-        part = {k: v[start : start + chunk_size] for k, v in features.items()}
-        mask = part["attention_mask"]
-        length = max(int(mask.sum(1).max().item()) if mask.numel() else 0, 1)
-        if mask[:, length:].any():  # left padding: nothing to trim at the end
-            length = mask.shape[1]
-        out.append({k: v[:, :length] if v.dim() == 2 else v for k, v in part.items()})
-    return out
-
-
 def embed_without_graph(encode: Callable[..., torch.Tensor], features: Features, chunk_size: int
-                        ) -> tuple[torch.Tensor, list[Features], list[RngState]]:
-    parts, states, embeddings = chunks(features, chunk_size), [], []
+                        ) -> tuple[torch.Tensor, list[Features], list[RngState], torch.Tensor]:
+    """Embeddings in batch order, plus the length-sorted trimmed chunks they came from (each
+    chunk's padding is only what its own rows need), each chunk's RNG state, and the sort order."""
+    ordered, order = sort_by_length(features)
+    parts, states, embeddings = split_trimmed(ordered, chunk_size), [], []
     with torch.no_grad():
         for part in parts:
             states.append(RngState.capture())
             embeddings.append(encode(**part))
-    return torch.cat(embeddings), parts, states
+    return unsort(torch.cat(embeddings), order), parts, states, order
 
 
 def cached_backward(
@@ -99,7 +89,8 @@ def cached_backward(
         return loss.detach()
     # the loss's own backward: through the all-gather to this rank's embeddings, no parameters
     loss.backward()
-    work = [(part, state, leaf.grad[start : start + part["input_ids"].shape[0]])
+    # each chunk's slice of its leaf's gradient, in the chunks' (length-sorted) row order
+    work = [(part, state, leaf.grad[c[3]][start : start + part["input_ids"].shape[0]])
             for c, leaf in zip(cached, leaves) if c is not None
             for part, state, start in zip(c[1], c[2], _starts(c[1]))]
     for i, (part, state, grad) in enumerate(work):

