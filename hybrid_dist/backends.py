@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import warnings
 
 import torch
 from accelerate import Accelerator
@@ -60,6 +61,10 @@ class StepDriver:
         self.model = model
         self.deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
         self._deferred_sync = False
+        if self.deepspeed:
+            # the engine steps the optimizer (update()), so torch never sees the wrapped optimizer's
+            # step() before the scheduler's and warns about an order that is in fact right
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
 
     @property
     def zero_stage(self) -> int:

@@ -48,7 +48,7 @@ def ddp_first_update(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.parametrize("launcher", ["zero2-1node.yaml", "zero3-1node.yaml"])
+@pytest.mark.parametrize("launcher", ["zero2-1node.yaml", "zero3-1node.yaml", "zero3-offload-1node.yaml"])
 def test_zero_first_update_equals_ddp(ddp_first_update, tmp_path, launcher):
     run(2, tmp_path, *SCALE_VISIBLE, launcher=launcher)
     # the checkpoint is DeepSpeed's own (per-rank optimizer shards): the backend really ran
