@@ -84,6 +84,12 @@ def build_model_dir(shape: str, out: Path, max_length: int) -> tuple[Path, int]:
     return out, non_embedding
 
 
+def _default_attention() -> str:
+    import importlib.util
+
+    return "flash_attention_2" if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") else "sdpa"
+
+
 def measured_peak_flops(device: torch.device) -> float:
     """Dense matmul FLOP/s this device reaches: bf16 on a GPU, float32 on CPU."""
     n, dtype = (8192, torch.bfloat16) if device.type == "cuda" else (1024, torch.float32)
@@ -121,7 +127,7 @@ def _peak_memory_gib(device: torch.device) -> float:
 
 
 def hybrid_dist_trainer(model_dir: Path, batch: int, chunk: int, group: int, data: Path, out: Path,
-                        max_length: int):
+                        max_length: int, attn: str):
     from hybrid_dist.config import load_config
     from hybrid_dist.trainer import Trainer
 
@@ -130,7 +136,7 @@ def hybrid_dist_trainer(model_dir: Path, batch: int, chunk: int, group: int, dat
         "sampler.mode=hybrid", f"train.output_dir={out}", "train.max_steps=1000000", "train.save_every=0",
         "train.progress_bar=false", "train.log_batches=false", "eval.before_training=false",
         "eval.after_training=false", f"train.grad_cache_chunk_size={chunk}", f"train.length_group_size={group}",
-        "train.preemption_signals=[]", "data.num_workers=0",
+        "train.preemption_signals=[]", "data.num_workers=0", f"model.attn_implementation={attn}",
     ])
     return Trainer(cfg)
 
@@ -154,12 +160,12 @@ def tokenized_steps(model_dir: Path, batch: int, args) -> list:
     return [dataset[s] for s in range(args.warmup + args.steps)]
 
 
-def sentence_transformers_step(model_dir: Path, cached: bool, chunk: int, device: torch.device):
+def sentence_transformers_step(model_dir: Path, cached: bool, chunk: int, device: torch.device, attn: str):
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.losses import (
         CachedMultipleNegativesRankingLoss, MultipleNegativesRankingLoss)
 
-    model = SentenceTransformer(str(model_dir), device=str(device))
+    model = SentenceTransformer(str(model_dir), device=str(device), model_kwargs={"attn_implementation": attn})
     model.train()
     # scale 20 = temperature 0.05, cosine similarity: the same loss as hybrid_dist's InfoNCE
     loss = (CachedMultipleNegativesRankingLoss(model, scale=20.0, mini_batch_size=chunk) if cached
@@ -192,14 +198,14 @@ def measure(shape: str, system: str, batch: int, chunk: int, args, model_dir: Pa
             cached = "cached" in system
             if system.startswith("hybrid"):
                 trainer = hybrid_dist_trainer(model_dir, batch, chunk if cached else 0, args.length_group, args.data,
-                                              Path(tmp) / "run", args.max_length)
+                                              Path(tmp) / "run", args.max_length, args.attn)
                 steps = [trainer.dataset[s] for s in range(args.warmup + args.steps)]  # tokenized ahead, as in workers
 
                 def run(micro_batches, i):
                     trainer.train_step(micro_batches, i + 1)
             else:
                 steps = tokenized_steps(model_dir, batch, args)
-                st_step = sentence_transformers_step(model_dir, cached, chunk, device)
+                st_step = sentence_transformers_step(model_dir, cached, chunk, device, args.attn)
 
                 def run(micro_batches, i):
                     mb = micro_batches[0]
@@ -235,7 +241,7 @@ def measure(shape: str, system: str, batch: int, chunk: int, args, model_dir: Pa
 
 def markdown(rows: list[Row], info: dict) -> str:
     lines = [f"{info['date']}, {info['device']}, torch {info['torch']}, peak {info['peak_tflops']:.1f} TFLOP/s "
-             f"({info['peak_dtype']} matmul, measured)", "",
+             f"({info['peak_dtype']} matmul, measured), attention {info['attention']} for both systems", "",
              "| shape | system | global batch | chunk | pairs/s | tokens/s | MFU | peak memory (GiB) | step (s) "
              "| padding in batch | note |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
@@ -260,6 +266,8 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int)
     p.add_argument("--length-group", type=int, default=64, help="hybrid_dist train.length_group_size (0: off)")
     p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--attn", choices=("sdpa", "eager", "flash_attention_2"), default=_default_attention(),
+                   help="attention kernel for both systems (default: flash_attention_2 where flash-attn and CUDA are)")
     p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "xquad-r")
     p.add_argument("--out", type=Path, help="write the rows and device info as JSON here")
     args = p.parse_args(argv)
@@ -274,6 +282,7 @@ def main(argv=None) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     peak = measured_peak_flops(device)
     info = {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "peak_tflops": peak / 1e12,
+            "attention": args.attn,
             "peak_dtype": "bf16" if device.type == "cuda" else "float32",
             "device": torch.cuda.get_device_name(device) if device.type == "cuda"
             else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
