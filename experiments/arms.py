@@ -1,0 +1,152 @@
+"""The study's arms, size presets and run plan (issue #9).
+
+Every arm is one self-contained YAML file in ``experiments/configs/`` that
+``hybrid_dist.config.load_config`` reads. The arms share one budget and differ from ``hybrid.yaml``
+only in the fields listed in :data:`ARMS` (``pinned``): the runner re-applies those after any
+size preset or command-line override, so an override such as ``train.max_steps=3`` never turns
+the zero-shot arm into a trained one, nor ``sampler.mode=...`` one arm into another.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+BASE_ARM = "hybrid"  # the arm every other one is compared with, field by field
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str
+    description: str
+    pinned: dict  # dotted config key -> value: the fields that make this arm what it is
+    trains: bool = True  # False: evaluation of the pretrained model only (seed-independent, run once)
+    budget_differs: tuple[str, ...] = ()  # fields outside the shared budget on purpose (recommended only)
+
+    @property
+    def config(self) -> Path:
+        return CONFIG_DIR / f"{self.name}.yaml"
+
+
+_HYBRID = {"sampler.mode": "hybrid", "sampler.alpha": 0.5}
+_MLLOSS = {"loss.name": "multilingual", "sampler.language_draw": "pair"}
+
+ARMS: dict[str, Arm] = {a.name: a for a in [
+    Arm("zero-shot", "pretrained multilingual-e5-small, no training",
+        {"train.max_steps": 0, "eval.before_training": True, "eval.after_training": False}, trains=False),
+    Arm("xx-mono", "X-X: monolingual batches only", {"sampler.mode": "mono"}),
+    Arm("xy-cross", "X-Y: cross-lingual batches only", {"sampler.mode": "cross"}),
+    Arm("hybrid", "hybrid batches, alpha 0.5 (monolingual with probability alpha)", dict(_HYBRID)),
+    Arm("multilingual", "multilingual batches (query and passage languages drawn per pair)",
+        {"sampler.mode": "multilingual"}),
+    Arm("hybrid-mlloss", "hybrid batches (alpha 0.5) + multilingual contrastive loss, 2 translations per question",
+        {**_HYBRID, **_MLLOSS, "sampler.translations_per_group": 2}),
+    Arm("recommended", "candidate: hybrid + multilingual loss, batch 256 = 64 questions x 4 translations",
+        {**_HYBRID, **_MLLOSS, "sampler.translations_per_group": 4}, budget_differs=("sampler.batch_size",)),
+]}
+STUDY_ARMS = ["zero-shot", "xx-mono", "xy-cross", "hybrid", "multilingual", "hybrid-mlloss"]
+SWEEP_ALPHAS = [0.0, 0.25, 0.5, 0.75, 1.0]
+
+
+@dataclass(frozen=True)
+class SizePreset:
+    name: str
+    description: str
+    overrides: tuple[str, ...]
+    seeds: tuple[int, ...]
+    batch_factor: dict = field(default_factory=dict)  # arm -> multiple of the preset's batch size
+
+
+SIZES: dict[str, SizePreset] = {
+    "gpu": SizePreset(
+        "gpu", "the issue's reference settings, the configs as written (200 steps x 128 pairs, all 11 languages, "
+        "max length 128)", (), (0, 1, 2)),
+    "cpu": SizePreset(
+        "cpu", "shrunk to fit a 2-core CPU: 5 languages (en, de, es, ar, zh), max length 64, 30 steps x 16 pairs, "
+        "3 warm-up steps, checkpoint only at the end; NOT the study's settings",
+        ("data.languages=[en,de,es,ar,zh]", "model.max_length=64", "sampler.batch_size=16", "train.max_steps=30",
+         "optim.warmup_steps=3", "train.save_every=0", "eval.batch_size=64"),
+        (0, 1), batch_factor={"recommended": 2}),
+}
+
+
+def size_overrides(size: str, arm: str) -> list[str]:
+    preset = SIZES[size]
+    out = list(preset.overrides)
+    factor = preset.batch_factor.get(arm)
+    if factor:
+        base = next(int(o.split("=", 1)[1]) for o in out if o.startswith("sampler.batch_size="))
+        out.append(f"sampler.batch_size={base * factor}")
+    return out
+
+
+def pin_overrides(arm: str) -> list[str]:
+    return [f"{k}={_yaml_value(v)}" for k, v in ARMS[arm].pinned.items()]
+
+
+def _yaml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
+
+
+def alpha_label(alpha: float) -> str:
+    return f"alpha-{alpha:g}"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    name: str  # directory under <out>/runs: the arm, or alpha-<a> for a sweep point
+    arm: str
+    seed: int
+    alpha: float | None  # set for the alpha sweep's own runs
+    overrides: tuple[str, ...]  # everything after --config, output directory and seed included
+
+    @property
+    def config(self) -> Path:
+        return ARMS[self.arm].config
+
+    def dir(self, out: Path) -> Path:
+        return run_dir(out, self.name, self.seed)
+
+
+def run_dir(out: Path, name: str, seed: int) -> Path:
+    return Path(out) / "runs" / name / f"seed{seed}"
+
+
+def plan(out: Path, arms: list[str], seeds: list[int], alphas: list[float], size: str = "gpu",
+         user_overrides: list[str] | None = None) -> tuple[list[RunSpec], list[tuple[float, str]]]:
+    """Every run of the study, in order (arms first, then the sweep), and the sweep's points as
+    ``(alpha, run name)``. The sweep reuses the hybrid arm's runs where its alpha equals the arm's."""
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown:
+        raise ValueError(f"unknown arm(s) {unknown}; arms are {list(ARMS)}")
+    if not seeds:
+        raise ValueError("no seeds")
+    specs: list[RunSpec] = []
+
+    def add(name: str, arm: str, seed: int, alpha: float | None) -> None:
+        pins = pin_overrides(arm)
+        if alpha is not None:  # a sweep point: the arm's alpha gives way to the point's
+            pins = [p for p in pins if not p.startswith("sampler.alpha=")] + [f"sampler.alpha={alpha:g}"]
+        overrides = (size_overrides(size, arm) + list(user_overrides or []) + pins + [
+            f"train.seed={seed}", f"train.output_dir={run_dir(out, name, seed)}", "train.resume=auto",
+            "train.progress_bar=false"])
+        specs.append(RunSpec(name, arm, seed, alpha, tuple(overrides)))
+
+    for arm in arms:
+        for seed in (seeds if ARMS[arm].trains else seeds[:1]):
+            add(arm, arm, seed, None)
+    points: list[tuple[float, str]] = []
+    for alpha in alphas:
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha {alpha} is outside [0, 1]")
+        if BASE_ARM in arms and alpha == ARMS[BASE_ARM].pinned["sampler.alpha"]:
+            points.append((alpha, BASE_ARM))
+            continue
+        name = alpha_label(alpha)
+        points.append((alpha, name))
+        for seed in seeds:
+            add(name, BASE_ARM, seed, alpha)
+    return specs, points

@@ -1,0 +1,331 @@
+"""The issue #9 study (experiments/): arm configs, the run plan, and the table / plot / summary
+writer on synthetic results files. Nothing here trains, except the test marked slow."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hybrid_dist.config import load_config, to_dict
+
+from experiments import arms as A
+from experiments import summarize as S
+from experiments.run import config_differences, eval_command, parse_args, train_command
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict) and k != "hf_columns":
+            out.update(flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def load_arm(name: str) -> dict:
+    return flat(to_dict(load_config(A.ARMS[name].config)))
+
+
+# ----------------------------------------------------------------------------- configs
+
+
+def test_every_arm_has_a_config_that_loads():
+    files = sorted(p.stem for p in A.CONFIG_DIR.glob("*.yaml"))
+    assert files == sorted(A.ARMS)
+    assert set(A.STUDY_ARMS) <= set(A.ARMS) and "recommended" not in A.STUDY_ARMS
+    for name in A.ARMS:
+        load_config(A.ARMS[name].config)  # raises on unknown keys or wrong types
+
+
+def test_hybrid_arm_has_the_issues_reference_settings():
+    c = load_config(A.ARMS["hybrid"].config)
+    assert c.model.name_or_path == "offline:multilingual-e5-small"
+    assert c.model.max_length == 128 and c.model.pooling == "mean"
+    assert c.data.format == "squad_dir" and c.data.path == "../shared/data/xquad-r"
+    assert c.data.split == "parity" and c.data.languages is None and c.data.passage_text == "sentence"
+    assert c.sampler.batch_size == 128 and c.sampler.mode == "hybrid" and c.sampler.alpha == 0.5
+    assert c.train.max_steps == 200 and c.train.seed == 0 and c.train.gradient_accumulation_steps == 1
+    assert c.optim.lr == 3e-5 and c.optim.warmup_steps == 20 and c.optim.scheduler == "linear"
+    assert c.optim.max_grad_norm == 1.0
+    assert c.loss.name == "infonce" and c.loss.temperature == 0.05
+    assert c.eval.candidate_context is False and c.eval.part == "heldout"
+    assert c.eval.before_training is False and c.eval.after_training is True and c.eval.every_steps == 0
+
+
+def test_arms_differ_from_hybrid_only_in_their_pinned_fields():
+    base = load_arm(A.BASE_ARM)
+    for name, arm in A.ARMS.items():
+        cfg = load_arm(name)
+        for key, value in arm.pinned.items():
+            assert cfg[key] == value, (name, key)
+        differing = {k for k in cfg if cfg[k] != base[k]} - {"train.output_dir"}
+        expected = {k for k, v in arm.pinned.items() if base[k] != v} | set(arm.budget_differs)
+        assert differing == expected, name
+        assert cfg["train.output_dir"] == f"runs/experiments/{name}"
+
+
+def test_arm_specific_settings():
+    assert load_arm("zero-shot")["train.max_steps"] == 0
+    assert load_arm("zero-shot")["eval.before_training"] is True
+    assert load_arm("xx-mono")["sampler.mode"] == "mono"
+    assert load_arm("xy-cross")["sampler.mode"] == "cross"
+    assert load_arm("multilingual")["sampler.mode"] == "multilingual"
+    ml = load_arm("hybrid-mlloss")
+    assert ml["loss.name"] == "multilingual" and ml["sampler.alpha"] == 0.5
+    # the multilingual loss needs translations of a question in the same batch
+    assert ml["sampler.translations_per_group"] >= 2 and ml["sampler.language_draw"] == "pair"
+    rec = load_arm("recommended")
+    assert rec["loss.name"] == "multilingual" and rec["sampler.batch_size"] > 128
+    assert rec["sampler.batch_size"] % rec["sampler.translations_per_group"] == 0
+
+
+def test_multilingual_loss_arms_build_a_sampler(xquad_corpus):
+    """The sampler accepts the arms' settings (it raises on k > 1 with one language per batch)."""
+    from hybrid_dist.sampler import GlobalBatchSampler
+
+    for name in ("hybrid-mlloss", "recommended"):
+        s = load_config(A.ARMS[name].config).sampler
+        sampler = GlobalBatchSampler(xquad_corpus, s.batch_size, s.mode, s.alpha, s.smoothing, 0, s.language_draw,
+                                     s.translations_per_group)
+        batch = sampler.batch(1)
+        groups = [p.group for p in batch.pairs]
+        assert len(batch.pairs) == s.batch_size
+        assert all(groups.count(g) == s.translations_per_group for g in set(groups))
+
+
+# ----------------------------------------------------------------------------- plan
+
+
+def _with_overrides(spec: A.RunSpec) -> dict:
+    return flat(to_dict(load_config(spec.config, list(spec.overrides))))
+
+
+def test_plan_gives_every_arm_the_same_budget_and_seeds(tmp_path):
+    specs, sweep = A.plan(tmp_path, A.STUDY_ARMS, [0, 1, 2], A.SWEEP_ALPHAS, "gpu")
+    by_name: dict[str, list[int]] = {}
+    for s in specs:
+        by_name.setdefault(s.name, []).append(s.seed)
+    assert by_name["zero-shot"] == [0]  # no training: seed-independent, evaluated once
+    for name in ["xx-mono", "xy-cross", "hybrid", "multilingual", "hybrid-mlloss",
+                 "alpha-0", "alpha-0.25", "alpha-0.75", "alpha-1"]:
+        assert by_name[name] == [0, 1, 2], name
+    assert (0.5, "hybrid") in sweep and len(sweep) == 5  # 0.5 reuses the hybrid arm's runs
+    budget = ("sampler.batch_size", "optim.lr", "optim.warmup_steps", "optim.max_grad_norm", "loss.temperature",
+              "model.max_length", "data.split", "data.languages", "eval.candidate_context", "model.name_or_path")
+    trained = [s for s in specs if s.name != "zero-shot"]
+    cfgs = [_with_overrides(s) for s in trained]
+    for key in budget + ("train.max_steps",):
+        assert len({json.dumps(c[key]) for c in cfgs}) == 1, key
+    for s, c in zip(trained, cfgs):
+        assert c["train.seed"] == s.seed and c["train.output_dir"] == str(s.dir(tmp_path))
+        if s.alpha is not None:
+            assert c["sampler.alpha"] == s.alpha and c["sampler.mode"] == "hybrid"
+
+
+def test_overrides_never_change_what_defines_an_arm(tmp_path):
+    specs, _ = A.plan(tmp_path, ["zero-shot", "xx-mono"], [0], [], "cpu",
+                      ["train.max_steps=5", "sampler.mode=cross"])
+    zero, mono = (_with_overrides(s) for s in specs)
+    assert zero["train.max_steps"] == 0 and mono["train.max_steps"] == 5
+    assert mono["sampler.mode"] == "mono"
+    assert mono["data.languages"] == ["en", "de", "es", "ar", "zh"] and mono["model.max_length"] == 64
+
+
+def test_cpu_preset_scales_the_recommended_batch(tmp_path):
+    specs, _ = A.plan(tmp_path, ["hybrid", "recommended"], [0], [], "cpu")
+    hyb, rec = (_with_overrides(s) for s in specs)
+    assert rec["sampler.batch_size"] == 2 * hyb["sampler.batch_size"] == 32
+
+
+def test_plan_rejects_unknown_arms_and_alphas(tmp_path):
+    with pytest.raises(ValueError, match="unknown arm"):
+        A.plan(tmp_path, ["mono"], [0], [], "gpu")
+    with pytest.raises(ValueError, match="outside"):
+        A.plan(tmp_path, ["hybrid"], [0], [1.5], "gpu")
+
+
+def test_command_line_and_commands(tmp_path):
+    args = parse_args(["--out", str(tmp_path), "--arms", "all,recommended", "--size", "cpu", "--no-sweep"])
+    assert args.arm_list == A.STUDY_ARMS + ["recommended"] and args.seeds == [0, 1] and args.alphas == []
+    spec = A.plan(tmp_path, ["hybrid"], [0], [], "cpu")[0][0]
+    cmd = train_command("accelerate launch --num_processes 2", spec)
+    assert cmd[:4] == ["accelerate", "launch", "--num_processes", "2"]
+    assert cmd[4:7] == ["-m", "hybrid_dist.train", "--config"] and cmd[-4:] == list(spec.overrides[-4:])
+    ev = eval_command(load_config(spec.config, list(spec.overrides)), tmp_path / "model", tmp_path / "eval")
+    assert ev[ev.index("--languages") + 1] == "en,de,es,ar,zh" and ev[ev.index("--max-length") + 1] == "64"
+    assert "--candidate-context" not in ev
+
+
+def test_config_differences_ignore_only_paths_and_logging():
+    a = to_dict(load_config(A.ARMS["hybrid"].config))
+    b = to_dict(load_config(A.ARMS["hybrid"].config, ["train.output_dir=elsewhere", "train.progress_bar=false"]))
+    assert config_differences(a, b) == []
+    c = to_dict(load_config(A.ARMS["hybrid"].config, ["sampler.alpha=0.25"]))
+    assert len(config_differences(a, c)) == 1 and "sampler.alpha" in config_differences(a, c)[0]
+
+
+# ----------------------------------------------------------------------------- writer
+
+LANGS = ["de", "en", "zh"]
+METRIC_KEYS = [f"{fam}_{m}" for fam in ("mono", "cross", "multi") for m in ("map", "map@20", "r@1", "r@10")]
+
+
+def synthetic_summary(base: float, bias: float, gap: float) -> dict:
+    s = {k: round(base + 0.01 * i, 6) for i, k in enumerate(METRIC_KEYS)}
+    s["bias_max_rank_distance"], s["bias_same_minus_other"] = bias, gap
+    return s
+
+
+def write_run(out: Path, name: str, seed: int, summary: dict, alpha: float = 0.5, trained: bool = True,
+              matrix_shift: float | None = None) -> Path:
+    d = A.run_dir(out, name, seed)
+    d.mkdir(parents=True)
+    cfg = to_dict(load_config(A.ARMS["hybrid"].config, [f"sampler.alpha={alpha}", f"train.seed={seed}"]))
+    key = "step 200 (fine-tuned)" if trained else "step 0 (before training)"
+    results = {"step 0 (before training)": synthetic_summary(0.1, 999, -999)} if trained else {}
+    results[key] = summary
+    (d / "results.json").write_text(json.dumps({"config": cfg, "results": results}))
+    arm = name if name in A.ARMS else "hybrid"
+    (d / "run.json").write_text(json.dumps({"name": name, "arm": arm, "seed": seed, "wall_s": 10.0 + seed}))
+    if matrix_shift is not None:
+        matrix = {m: {x: {y: round(0.5 + matrix_shift + 0.1 * (x == y), 3) for y in LANGS} for x in LANGS}
+                  for m in ("map", "map@20", "r@1", "r@10")}
+        result = {"kind": "lareqa", "benchmark": "xquad-r", "languages": LANGS, "summary": summary,
+                  "matrix": matrix, "multi": {m: {x: 0.3 for x in LANGS} for m in matrix}}
+        (d / "eval").mkdir()
+        (d / "eval" / "results.json").write_text(json.dumps({"format": "hybrid_dist.eval/1",
+                                                              "results": {"xquad-r": result}}))
+    return d
+
+
+def test_stats_mean_and_sample_std():
+    st = S.stats([0.8, 0.9, 1.0])
+    assert st["n"] == 3 and math.isclose(st["mean"], 0.9) and math.isclose(st["std"], 0.1)
+    one = S.stats([0.5])
+    assert one["mean"] == 0.5 and one["std"] is None
+    assert S.format_stat(st, "mono_map") == "0.900 ± 0.100"
+    assert S.format_stat(S.stats([190.0, 200.0]), "bias_max_rank_distance") == "195 ± 7"
+    assert S.format_stat(one, "multi_map") == "0.500"
+
+
+def test_final_summary_picks_the_last_fine_tuned_entry():
+    res = {"results": {"step 0 (before training)": {"a": 0}, "step 100": {"a": 1}, "step 9 (fine-tuned)": {"a": 2},
+                       "step 200 (fine-tuned)": {"a": 3}}}
+    assert S.final_summary(res) == ("step 200 (fine-tuned)", {"a": 3})
+    assert S.final_summary({"results": {"step 0 (before training)": {"a": 0}}})[1] == {"a": 0}
+    with pytest.raises(ValueError):
+        S.final_summary({"results": {}})
+
+
+def test_writer_tables_plots_and_summary_from_results_files(tmp_path):
+    out = tmp_path / "study"
+    write_run(out, "zero-shot", 0, synthetic_summary(0.30, 631.0, -190.0), trained=False, matrix_shift=0.0)
+    # mono: multi_map 0.52 / 0.54 / 0.56 -> 0.54 ± 0.02; hybrid: 0.60 / 0.64 -> 0.62 ± 0.028284
+    for seed, base in enumerate([0.40, 0.42, 0.44]):
+        write_run(out, "xx-mono", seed, synthetic_summary(base, 200.0 + 10 * seed, -50.0),
+                  alpha=0.5, matrix_shift=0.1 if seed == 0 else None)
+    for seed, base in enumerate([0.48, 0.52]):
+        write_run(out, "hybrid", seed, synthetic_summary(base, 170.0 + 20 * seed, -20.0 - seed),
+                  matrix_shift=0.2 if seed == 0 else None)
+    for alpha in (0.0, 1.0):
+        for seed in (0, 1):
+            write_run(out, A.alpha_label(alpha), seed, synthetic_summary(0.3 + 0.1 * alpha + 0.02 * seed, 300.0, -30.0),
+                      alpha=alpha)
+    # an interrupted run (no results.json) is ignored
+    A.run_dir(out, "xy-cross", 0).mkdir(parents=True)
+
+    summary = S.write_outputs(out, header="synthetic")
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk["best_arm"] == summary["best_arm"] == "hybrid"
+    arms = on_disk["arms"]
+    assert list(arms) == ["zero-shot", "xx-mono", "hybrid"]
+    mono = arms["xx-mono"]["metrics"]
+    assert arms["xx-mono"]["seeds"] == [0, 1, 2]
+    assert math.isclose(mono["multi_map"]["mean"], 0.40 + 0.01 * 8 + 0.02)
+    assert math.isclose(mono["multi_map"]["std"], 0.02)
+    assert math.isclose(mono["bias_max_rank_distance"]["mean"], 210.0)
+    assert math.isclose(mono["bias_max_rank_distance"]["std"], 10.0)
+    hyb = arms["hybrid"]["metrics"]
+    assert math.isclose(hyb["mono_map"]["mean"], 0.50) and math.isclose(hyb["mono_map"]["std"], math.sqrt(0.0008))
+    assert math.isclose(hyb["bias_same_minus_other"]["mean"], -20.5)
+    assert arms["zero-shot"]["metrics"]["mono_map"]["std"] is None
+    assert math.isclose(arms["xx-mono"]["wall_s"]["mean"], 11.0)
+    # sweep: alpha 0, 0.5 (the hybrid arm) and 1, sorted
+    sweep = on_disk["alpha_sweep"]
+    assert [(p["alpha"], p["run"]) for p in sweep] == [(0.0, "alpha-0"), (0.5, "hybrid"), (1.0, "alpha-1")]
+    assert math.isclose(sweep[2]["metrics"]["mono_map"]["mean"], 0.41)
+    assert math.isclose(sweep[2]["metrics"]["mono_map"]["std"], math.sqrt(0.0002))
+    # the heatmap evaluation agrees with the trainer's (the synthetic files share the summary)
+    assert on_disk["heatmap_eval_vs_trainer_max_abs_diff"]["hybrid/seed0"] == 0.0
+    assert set(on_disk["heatmaps"]) == {"zero-shot", "hybrid"}
+
+    table = (out / "table.md").read_text()
+    assert table.startswith("synthetic\n")
+    row = next(line for line in table.splitlines() if line.startswith("| xx-mono |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[:7] == ["xx-mono", "0, 1, 2", "0.420 ± 0.020", "0.460 ± 0.020", "0.500 ± 0.020", "210 ± 10",
+                         "-50 ± 0"]
+    zrow = next(line for line in table.splitlines() if line.startswith("| zero-shot |"))
+    assert "| 0.300 |" in zrow and "±" not in zrow and "| 631 |" in zrow
+    recall = [line for line in table.splitlines() if line.startswith("| hybrid |")][1]
+    assert recall.split("|")[3].strip() == f"{0.50 + 0.02:.3f} ± {math.sqrt(0.0008):.3f}"  # mono R@1
+    assert "| 1 |" in table and "**hybrid**" in table
+
+    for png in ("alpha_sweep.png", "heatmap_zero-shot.png", "heatmap_hybrid.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+def test_writes_are_atomic(tmp_path, monkeypatch):
+    target = tmp_path / "table.md"
+    S.write_text_atomic(target, "old\n")
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError):
+        S.write_text_atomic(target, "new and half-written\n")
+    assert target.read_text() == "old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["table.md"]
+
+
+def test_summarize_command_rebuilds_from_disk(tmp_path):
+    out = tmp_path / "s"
+    write_run(out, "zero-shot", 0, synthetic_summary(0.3, 600.0, -180.0), trained=False)
+    write_run(out, "hybrid", 0, synthetic_summary(0.5, 170.0, -20.0))
+    proc = subprocess.run([sys.executable, "-m", "experiments.summarize", str(out)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "| hybrid | 0 | 0.500 |" in proc.stdout
+    assert (out / "summary.json").exists() and (out / "alpha_sweep.png").exists()
+
+
+# ----------------------------------------------------------------------------- end to end (trains)
+
+
+@pytest.mark.slow
+def test_runner_end_to_end_tiny(tmp_path, xquad_dir):
+    """Two arms, one seed, 2 steps on the CPU preset with the real model; then a second call
+    skips both runs."""
+    out = tmp_path / "study"
+    cmd = [sys.executable, "-m", "experiments.run", "--out", str(out), "--size", "cpu", "--arms", "zero-shot,xx-mono",
+           "--seeds", "0", "--no-sweep", "train.max_steps=2", "data.languages=[en,de]"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["arms"]) == {"zero-shot", "xx-mono"}
+    assert all(v is not None and v < 1e-6 for v in summary["heatmap_eval_vs_trainer_max_abs_diff"].values())
+    assert not (A.run_dir(out, "xx-mono", 0) / "model").exists()
+    again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and again.stdout.count("done before, skipped") == 2
+    assert "Invocation 2" in (out / "RUN.md").read_text()
