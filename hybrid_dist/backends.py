@@ -28,6 +28,14 @@ def build_accelerator(**kwargs) -> Accelerator:
     plugin; DeepSpeed has a CPU accelerator of its own, so under a DeepSpeed launcher the process
     group is created by DeepSpeed over gloo instead (``cpu=False`` plus ``backend="gloo"``)."""
     cuda = torch.cuda.is_available()
+    # the training config's accumulation steps win: Accelerate would let a launcher's value (env,
+    # e.g. a DeepSpeed config's gradient_accumulation_steps) silently replace them
+    steps = str(kwargs.get("gradient_accumulation_steps", 1))
+    launcher_steps = os.environ.get("ACCELERATE_GRADIENT_ACCUMULATION_STEPS")
+    if launcher_steps not in (None, steps):
+        print(f"launcher gradient_accumulation_steps={launcher_steps} ignored: "
+              f"train.gradient_accumulation_steps={steps} applies", flush=True)
+    os.environ["ACCELERATE_GRADIENT_ACCUMULATION_STEPS"] = steps
     if not cuda and _env_flag("ACCELERATE_USE_DEEPSPEED"):
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
         return Accelerator(cpu=False, kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")], **kwargs)

@@ -57,6 +57,17 @@ def test_zero_first_update_equals_ddp(ddp_first_update, tmp_path, launcher):
     _assert_same_update(ddp_first_update, tmp_path)
 
 
+def test_zero2_gradient_accumulation_equals_ddp(tmp_path):
+    """Two micro-batches per step: the training config's accumulation steps, not the launcher's
+    (whose DeepSpeed config says 1), decide when the engine steps; DeepSpeed's 1/steps loss
+    scaling matches DDP's."""
+    run(2, tmp_path / "ddp", *SCALE_VISIBLE, "train.gradient_accumulation_steps=2")
+    proc = run(2, tmp_path / "zero2", *SCALE_VISIBLE, "train.gradient_accumulation_steps=2",
+               launcher="zero2-1node.yaml")
+    assert "launcher gradient_accumulation_steps=1 ignored" in proc.stdout + proc.stderr
+    _assert_same_update(tmp_path / "ddp", tmp_path / "zero2")
+
+
 @pytest.mark.parametrize("launcher", ["zero2-1node.yaml", "zero3-1node.yaml"])
 def test_zero_gradient_cache_equals_uncached(ddp_first_update, tmp_path, launcher):
     """Chunks of 2 texts: 4 re-encodings per step, one engine step (no 'gradient computed twice')."""
