@@ -246,6 +246,15 @@ def main(argv: list[str] | None = None) -> int:
     if missing and not args.dry_run:
         print(f"error: data not found: {missing} (run from the repository root, or override data.path)", file=sys.stderr)
         return 2
+    for spec in specs:  # finished runs are reused only if they were made with the same config
+        done = spec.dir(out) / "results.json"
+        if done.exists():
+            saved = json.loads(done.read_text(encoding="utf-8")).get("config", {})
+            diffs = config_differences(saved, to_dict(configs[spec]))
+            if diffs:
+                print(f"error: {done} was made with another config ({'; '.join(diffs[:6])}); use another "
+                      "--out, or delete that run directory", file=sys.stderr)
+                return 2
     first_seed = {}
     for spec in specs:
         first_seed.setdefault(spec.name, spec.seed)
@@ -265,17 +274,12 @@ def main(argv: list[str] | None = None) -> int:
            "device": device_info(), "git": git_info(), "ran": [], "skipped": [], "failed": [], "stopped": None}
     history.append(inv)
     t0 = time.time()
-    header = (f"Study `{out.name}`: size preset `{args.size}`"
-              + (" (**CPU preset, not the study's settings**)" if args.size == "cpu" else "")
-              + (f", overrides `{' '.join(args.overrides)}`" if args.overrides else "")
-              + f"; device: {inv['device']['summary']}. Run record: RUN.md.")
+    inv["sweep"] = [list(p) for p in sweep]
 
     def finish() -> None:
         inv["wall_s"] = time.time() - t0
         _write_json(history_path, history)
-        write_outputs(out, sweep, header=header, extra={
-            "size": args.size, "size_description": SIZES[args.size].description, "command": command,
-            "device": inv["device"]})
+        write_outputs(out)  # header, sweep and context from invocations.json
         write_text_atomic(out / "RUN.md", render_run_md(history, out))
 
     slowest = 0.0
@@ -286,17 +290,13 @@ def main(argv: list[str] | None = None) -> int:
             cfg = configs[spec]
             label = f"[{i}/{len(specs)}] {spec.name} seed {spec.seed}"
             needs_matrix = spec.seed == first_seed[spec.name]
-            if (d / "results.json").exists():
-                saved = json.loads((d / "results.json").read_text(encoding="utf-8")).get("config", {})
-                diffs = config_differences(saved, to_dict(cfg))
-                if diffs:
-                    print(f"error: {d} holds results made with another config: {'; '.join(diffs[:6])}. "
-                          "Use another --out, or delete that run directory.", file=sys.stderr)
-                    return 2
+            if (d / "results.json").exists():  # its config was checked above
                 print(f"{label}: done before, skipped")
                 inv["skipped"].append({"name": spec.name, "seed": spec.seed})
                 if needs_matrix and not (d / "eval" / "results.json").exists() and (d / "model").exists():
-                    _matrix_eval(cfg, d, label)
+                    if _matrix_eval(cfg, d, label) is not None and not args.keep_models:
+                        for sub in ("checkpoints", "model", "best"):
+                            shutil.rmtree(d / sub, ignore_errors=True)
                 continue
             elapsed = time.time() - t0
             if args.time_budget is not None and slowest and elapsed + slowest > args.time_budget:

@@ -304,14 +304,41 @@ def _first_matrix(runs: list[dict], name: str) -> dict | None:
     return with_eval[0] if with_eval else None
 
 
-def write_outputs(out: Path, sweep: list[tuple[float, str]] | None = None, header: str = "",
+def study_context(out: Path) -> tuple[str, dict, list[tuple[float, str]] | None]:
+    """The table's header line, summary.json's run context and the sweep points, from the newest
+    invocation recorded in ``<out>/invocations.json`` (written by experiments.run); empty without it."""
+    path = Path(out) / "invocations.json"
+    if not path.exists():
+        return "", {}, None
+    inv = json.loads(path.read_text(encoding="utf-8"))[-1]
+    from experiments.arms import SIZES
+
+    size = inv.get("size", "gpu")
+    header = (f"Study `{Path(out).name}`: size preset `{size}`"
+              + (" (**CPU preset, not the study's settings**)" if size == "cpu" else "")
+              + (f", overrides `{' '.join(inv['overrides'])}`" if inv.get("overrides") else "")
+              + f"; device: {inv['device']['summary']}. Run record: RUN.md.")
+    extra = {"size": size, "size_description": SIZES[size].description if size in SIZES else None,
+             "command": inv.get("command"), "device": inv.get("device")}
+    sweep = [tuple(p) for p in inv["sweep"]] if "sweep" in inv else None
+    return header, extra, sweep
+
+
+def write_outputs(out: Path, sweep: list[tuple[float, str]] | None = None, header: str | None = None,
                   extra: dict | None = None) -> dict:
     """Read every finished run under ``out`` and (re)write table.md, summary.json, alpha_sweep.png
-    and the heatmaps. ``sweep``: the alpha sweep's ``(alpha, run name)`` points (default: every
-    ``alpha-*`` run plus the hybrid arm). Returns the summary dict."""
+    and the heatmaps (removing a heatmap of an arm that is no longer the best). ``sweep``: the alpha
+    sweep's ``(alpha, run name)`` points; ``header``, ``extra``: the table's first line and more
+    summary.json fields. Each defaults to what the newest invocation in invocations.json says
+    (without one: every ``alpha-*`` run plus the hybrid arm, no header). Returns the summary dict."""
     out = Path(out)
+    ctx_header, ctx_extra, ctx_sweep = study_context(out)
+    header = ctx_header if header is None else header
+    extra = {**ctx_extra, **(extra or {})}
     runs = load_runs(out)
     agg = aggregate(runs)
+    if sweep is None:
+        sweep = ctx_sweep
     if sweep is None:
         sweep = sorted({(v["alpha"], n) for n, v in agg.items()
                         if (n.startswith("alpha-") or n == BASE_ARM) and v["alpha"] is not None})
@@ -325,6 +352,9 @@ def write_outputs(out: Path, sweep: list[tuple[float, str]] | None = None, heade
         _atomic_png(png, lambda tmp, r=run, n=name: plot_heatmap(
             r["eval"], tmp, title=f"{n} (seed {r['seed']}): held-out X→Y mAP"))
         heatmaps[name] = {"file": png.name, "seed": run["seed"], "run": run["dir"]}
+    for stale in out.glob("heatmap_*.png"):  # a previous best arm's
+        if stale.name not in {h["file"] for h in heatmaps.values()}:
+            stale.unlink()
     for r in runs:
         if r["eval"]:  # the heatmap evaluation and the trainer's own must agree (same model, same data)
             diffs = [abs(r["eval"]["summary"][k] - r["summary"][k]) for k in r["summary"]

@@ -243,7 +243,9 @@ def test_writer_tables_plots_and_summary_from_results_files(tmp_path):
     # an interrupted run (no results.json) is ignored
     A.run_dir(out, "xy-cross", 0).mkdir(parents=True)
 
+    (out / "heatmap_xy-cross.png").write_bytes(b"stale: a previous best arm's")
     summary = S.write_outputs(out, header="synthetic")
+    assert not (out / "heatmap_xy-cross.png").exists()
     on_disk = json.loads((out / "summary.json").read_text())
     assert on_disk["best_arm"] == summary["best_arm"] == "hybrid"
     arms = on_disk["arms"]
@@ -303,11 +305,50 @@ def test_summarize_command_rebuilds_from_disk(tmp_path):
     out = tmp_path / "s"
     write_run(out, "zero-shot", 0, synthetic_summary(0.3, 600.0, -180.0), trained=False)
     write_run(out, "hybrid", 0, synthetic_summary(0.5, 170.0, -20.0))
+    write_run(out, A.alpha_label(1.0), 0, synthetic_summary(0.4, 200.0, -30.0), alpha=1.0)
+    # the runner's record of the newest invocation: size, device, and the sweep (here alpha 1 only)
+    (out / "invocations.json").write_text(json.dumps([{
+        "size": "cpu", "overrides": ["train.max_steps=5"], "command": "python -m experiments.run ...",
+        "device": {"summary": "CPU only: test"}, "sweep": [[1.0, "alpha-1"]]}]))
     proc = subprocess.run([sys.executable, "-m", "experiments.summarize", str(out)], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "| hybrid | 0 | 0.500 |" in proc.stdout
-    assert (out / "summary.json").exists() and (out / "alpha_sweep.png").exists()
+    table = (out / "table.md").read_text()
+    assert table.startswith("Study `s`: size preset `cpu` (**CPU preset") and "`train.max_steps=5`" in table
+    summary = json.loads((out / "summary.json").read_text())
+    assert [p["run"] for p in summary["alpha_sweep"]] == ["alpha-1"] and summary["size"] == "cpu"
+    assert (out / "alpha_sweep.png").exists()
+
+
+def test_runner_reuses_finished_runs_and_refuses_other_configs(tmp_path, xquad_dir, monkeypatch, capsys):
+    """The runner itself, without training: every planned run already has its results.json."""
+    from experiments.run import main as run_main
+
+    monkeypatch.chdir(REPO)  # the configs' data path is relative to the repository root
+    out = tmp_path / "study"
+    argv = ["--out", str(out), "--size", "cpu", "--arms", "zero-shot,hybrid", "--seeds", "0", "--no-sweep"]
+    specs, _ = A.plan(out, ["zero-shot", "hybrid"], [0], [], "cpu")
+    for spec, base in zip(specs, (0.3, 0.5)):
+        d = spec.dir(out)
+        d.mkdir(parents=True)
+        key = "step 30 (fine-tuned)" if A.ARMS[spec.arm].trains else "step 0 (before training)"
+        cfg = to_dict(load_config(spec.config, list(spec.overrides)))
+        (d / "results.json").write_text(json.dumps({"config": cfg, "results": {key: synthetic_summary(base, 100, -9)}}))
+    assert run_main(argv) == 0
+    assert capsys.readouterr().out.count("done before, skipped") == 2
+    run_md = (out / "RUN.md").read_text()
+    assert "**Not the study.**" in run_md and "0 ran, 2 skipped" in run_md and "--size cpu" in run_md
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["arms"]) == {"zero-shot", "hybrid"} and summary["alpha_sweep"] == []
+    assert summary["size"] == "cpu" and summary["device"]["summary"]
+
+    hybrid = specs[1].dir(out) / "results.json"
+    doc = json.loads(hybrid.read_text())
+    doc["config"]["sampler"]["alpha"] = 0.25
+    hybrid.write_text(json.dumps(doc))
+    assert run_main(argv) == 2
+    assert "sampler.alpha" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- end to end (trains)
