@@ -24,13 +24,17 @@ import shutil
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
+from experiments.arms import SIZES, STUDY_ARMS, SWEEP_ALPHAS, RunSpec, plan
+from experiments.summarize import (
+    final_summary,
+    write_json_atomic,
+    write_outputs,
+    write_text_atomic,
+)
 from hybrid_dist.config import ConfigError, load_config, to_dict
-
-from experiments.arms import ARMS, SIZES, STUDY_ARMS, SWEEP_ALPHAS, RunSpec, plan
-from experiments.summarize import final_summary, write_json_atomic, write_outputs, write_text_atomic
 
 PREEMPTED = 75  # hybrid_dist.train's exit code after a preemption signal (checkpoint written)
 #: config keys that may differ between a finished run and the config that would run it now
@@ -140,7 +144,7 @@ def _run_logged(cmd: list[str], log: Path) -> tuple[int, float]:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def _write_json(path: Path, obj) -> None:
@@ -174,7 +178,7 @@ def device_info() -> dict:
 def git_info() -> dict:
     def git(*a: str) -> str:
         try:
-            return subprocess.run(["git", *a], capture_output=True, text=True, timeout=20).stdout.strip()
+            return subprocess.run(["git", *a], capture_output=True, text=True, timeout=20, check=False).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return ""
     return {"commit": git("rev-parse", "HEAD"), "uncommitted_changes": bool(git("status", "--porcelain"))}
@@ -293,10 +297,9 @@ def main(argv: list[str] | None = None) -> int:
             if (d / "results.json").exists():  # its config was checked above
                 print(f"{label}: done before, skipped")
                 inv["skipped"].append({"name": spec.name, "seed": spec.seed})
-                if needs_matrix and not (d / "eval" / "results.json").exists() and (d / "model").exists():
-                    if _matrix_eval(cfg, d, label) is not None and not args.keep_models:
-                        for sub in ("checkpoints", "model", "best"):
-                            shutil.rmtree(d / sub, ignore_errors=True)
+                if (needs_matrix and not (d / "eval" / "results.json").exists() and (d / "model").exists()
+                        and _matrix_eval(cfg, d, label) is not None and not args.keep_models):
+                    _remove_weights(d)
                 continue
             elapsed = time.time() - t0
             if args.time_budget is not None and slowest and elapsed + slowest > args.time_budget:
@@ -330,8 +333,7 @@ def main(argv: list[str] | None = None) -> int:
             if needs_matrix:
                 record["eval_wall_s"] = _matrix_eval(cfg, d, label)
             if not args.keep_models and not (needs_matrix and record.get("eval_wall_s") is None):
-                for sub in ("checkpoints", "model", "best"):
-                    shutil.rmtree(d / sub, ignore_errors=True)
+                _remove_weights(d)
             meta.update(status="done", rc=rc, wall_s=wall, eval_wall_s=record.get("eval_wall_s"), finished=_now())
             _write_json(d / "run.json", meta)
             inv["ran"].append(record)
@@ -349,6 +351,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {out}/table.md, summary.json, alpha_sweep.png, heatmap_*.png, RUN.md "
           f"({time.time() - t0:.0f}s){'; ' + inv['stopped'] if inv['stopped'] else ''}")
     return status
+
+
+def _remove_weights(d: Path) -> None:
+    """A finished run's model and checkpoints (about 2 GB for e5-small); results and logs stay."""
+    for sub in ("checkpoints", "model", "best"):
+        shutil.rmtree(d / sub, ignore_errors=True)
 
 
 def _matrix_eval(cfg, d: Path, label: str) -> float | None:

@@ -18,12 +18,11 @@ import os
 import re
 import sys
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
-from hybrid_dist.evaluation.report import plot_heatmap
-
 from experiments.arms import ARMS, BASE_ARM
+from hybrid_dist.evaluation.report import plot_heatmap
 
 FORMAT = "hybrid_dist.experiments/1"
 #: the table's columns: (title, summary key)
@@ -364,7 +363,7 @@ def write_outputs(out: Path, sweep: list[tuple[float, str]] | None = None, heade
     sweep_png = plot_alpha_sweep(agg, sweep, out / "alpha_sweep.png")
     summary = {
         "format": FORMAT,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "best_metric": BEST_METRIC,
         "best_arm": best,
         "arms": {n: agg[n] for n in _order(list(agg)) if n in ARMS},
