@@ -20,17 +20,8 @@ if str(REPO) not in sys.path:  # experiments/ is not an installed package: plain
 
 from experiments import arms as A
 from experiments import summarize as S
+from experiments.run import _flat as flat
 from experiments.run import config_differences, eval_command, parse_args, train_command
-
-
-def flat(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, dict) and k != "hf_columns":
-            out.update(flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def load_arm(name: str) -> dict:
