@@ -15,23 +15,26 @@ from pathlib import Path
 
 import torch
 from accelerate.utils import broadcast_object_list, gather_object, set_seed
-from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
+from transformers import (
+    get_constant_schedule_with_warmup,
+    get_linear_schedule_with_warmup,
+)
 
 from hybrid_dist import checkpoints as ckpt
-from hybrid_dist.backends import StepDriver, build_accelerator, configure_deepspeed
 from hybrid_dist import preflight, rng
+from hybrid_dist.backends import StepDriver, build_accelerator, configure_deepspeed
 from hybrid_dist.batches import MicroBatch, StepDataset, step_loader
 from hybrid_dist.checkpoints import CheckpointError
 from hybrid_dist.config import Config, save_config, to_dict
 from hybrid_dist.data import BadRecords, load_corpus
 from hybrid_dist.distributed import all_true
 from hybrid_dist.faults import Faults
+from hybrid_dist.gradcache import cached_backward
+from hybrid_dist.length_groups import grouped_forward
 from hybrid_dist.losses import build_loss
 from hybrid_dist.models.biencoder import BiEncoder
 from hybrid_dist.models.scratch import build_scratch_encoder
 from hybrid_dist.nonfinite import NonFiniteSteps, TrainingDiverged, nonfinite_tensors
-from hybrid_dist.gradcache import cached_backward
-from hybrid_dist.length_groups import grouped_forward
 from hybrid_dist.preemption import PreemptionWatcher
 from hybrid_dist.preflight import PreflightError
 from hybrid_dist.sampler import GlobalBatchSampler
