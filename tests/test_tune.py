@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -257,9 +258,11 @@ def test_ray_checkpoints_hold_the_trainer_state(tiny_search):
     for run in runs:
         checkpoints = sorted(run.glob("checkpoint-step-*"))
         assert checkpoints and len(checkpoints) <= 2  # keep_checkpoints
-        state = json.loads((checkpoints[-1] / "trainer_state.json").read_text())
-        assert state["step"] == int(checkpoints[-1].name.rsplit("-", 1)[1])
-        assert (checkpoints[-1] / "random_states_1.pkl").exists()  # the second worker's state is there too
+        # every visible checkpoint is whole, also where ASHA stopped the trial mid-upload
+        for checkpoint in checkpoints:
+            state = json.loads((checkpoint / "trainer_state.json").read_text())
+            assert state["step"] == int(checkpoint.name.rsplit("-", 1)[1])
+            assert (checkpoint / "random_states_1.pkl").exists()  # the second worker's state is there too
 
 
 def test_outputs_written(tiny_search):
@@ -290,3 +293,37 @@ def test_no_ray_processes_left(tiny_search):
     while time.time() < deadline and ray_processes(tiny_search["marker"]):
         time.sleep(2)
     assert not ray_processes(tiny_search["marker"])
+
+
+def test_publish_directory_is_all_or_nothing(tmp_path, monkeypatch):
+    from hybrid_dist.tune import worker
+
+    source = tmp_path / "local" / "checkpoint-step-00000020"
+    source.mkdir(parents=True)
+    (source / "model.safetensors").write_bytes(b"w" * 1000)
+    (source / "trainer_state.json").write_text('{"step": 20}')
+    destination = tmp_path / "storage" / "checkpoint-step-00000020"
+    destination.mkdir(parents=True)
+    (destination / "stale.txt").write_text("from an earlier attempt")
+
+    real_copy2 = shutil.copy2
+    copied = []
+
+    def copy_then_die(src, dst, **kw):  # the worker is killed after the first file
+        if copied:
+            raise KeyboardInterrupt("killed mid-upload")
+        copied.append(src)
+        return real_copy2(src, dst, **kw)
+
+    monkeypatch.setattr(shutil, "copy2", copy_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        worker.publish_directory(source, destination)
+    # the earlier directory is untouched; the half copy is hidden, not a checkpoint-step-* directory
+    assert sorted(p.name for p in destination.iterdir()) == ["stale.txt"]
+    assert [p.name for p in (tmp_path / "storage").glob("checkpoint-step-*")] == [destination.name]
+
+    monkeypatch.setattr(shutil, "copy2", real_copy2)
+    assert worker.publish_directory(source, destination) == destination
+    assert sorted(p.name for p in destination.iterdir()) == ["model.safetensors", "trainer_state.json"]
+    assert (destination / "model.safetensors").read_bytes() == b"w" * 1000
+    assert sorted(p.name for p in (tmp_path / "storage").iterdir()) == [destination.name]  # partial cleaned up

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from pathlib import Path
 
 from hybrid_dist.tune.spec import config_from_dict
@@ -58,6 +59,7 @@ class RayReportCallback:
             {k: float(v) for k, v in metrics.items()}, checkpoint=checkpoint,
             checkpoint_dir_name=f"checkpoint-step-{metrics['step']:08d}" if checkpoint_dir else None,
             delete_local_checkpoint_after_upload=False,  # the trainer prunes its own (train.keep_last)
+            checkpoint_upload_fn=_local_storage_upload() if checkpoint is not None else None,
         )
         self.pending = None
         self.reports += 1
@@ -71,6 +73,39 @@ class RayReportCallback:
             self.marker.parent.mkdir(parents=True, exist_ok=True)
             self.marker.write_text(f"failed once at step {trainer.step}\n")
             raise InjectedFailure(f"injected worker failure after the checkpoint at step {trainer.step}")
+
+
+def publish_directory(source: Path, destination: Path) -> Path:
+    """Copy ``source`` to ``destination`` so that ``destination`` is either absent or complete: the
+    copy goes to a hidden sibling that is renamed at the end. A worker killed mid-copy (an ASHA
+    stop lands while the next checkpoint uploads) leaves only ``.<name>.partial``."""
+    destination = Path(destination)
+    partial = destination.with_name(f".{destination.name}.partial")
+    if partial.exists():
+        shutil.rmtree(partial)
+    shutil.copytree(source, partial, copy_function=shutil.copy2)
+    if destination.exists():  # a restored run reporting the same step again
+        shutil.rmtree(destination)
+    os.replace(partial, destination)
+    return destination
+
+
+def _local_storage_upload():
+    """Ray's default upload copies file by file into the final directory, so a killed worker can
+    leave a checkpoint directory without its trainer state. On local or shared-filesystem storage
+    the upload goes through ``publish_directory`` instead; cloud storage keeps Ray's upload."""
+    import ray.train
+
+    storage = ray.train.get_context().get_storage()
+    if storage.storage_filesystem.type_name != "local":
+        return None
+
+    def upload(checkpoint, checkpoint_dir_name: str):
+        destination = Path(storage.experiment_fs_path) / checkpoint_dir_name
+        publish_directory(Path(checkpoint.path), destination)
+        return ray.train.Checkpoint(path=str(destination), filesystem=storage.storage_filesystem)
+
+    return upload
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
