@@ -296,6 +296,7 @@ def test_no_ray_processes_left(tiny_search):
 
 
 def test_publish_directory_is_all_or_nothing(tmp_path, monkeypatch):
+    from hybrid_dist import checkpoints
     from hybrid_dist.tune import worker
 
     source = tmp_path / "local" / "checkpoint-step-00000020"
@@ -324,6 +325,7 @@ def test_publish_directory_is_all_or_nothing(tmp_path, monkeypatch):
 
     monkeypatch.setattr(shutil, "copy2", real_copy2)
     assert worker.publish_directory(source, destination) == destination
-    assert sorted(p.name for p in destination.iterdir()) == ["model.safetensors", "trainer_state.json"]
+    assert sorted(p.name for p in destination.iterdir()) == ["manifest.json", "model.safetensors", "trainer_state.json"]
+    assert checkpoints.verify(destination) is None  # sealed like the trainer's own checkpoints
     assert (destination / "model.safetensors").read_bytes() == b"w" * 1000
     assert sorted(p.name for p in (tmp_path / "storage").iterdir()) == [destination.name]  # partial cleaned up

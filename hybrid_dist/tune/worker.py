@@ -9,6 +9,7 @@ import os
 import shutil
 from pathlib import Path
 
+from hybrid_dist import checkpoints
 from hybrid_dist.tune.spec import config_from_dict
 
 FAULT_MARKER = "injected-failure.done"
@@ -84,9 +85,7 @@ def publish_directory(source: Path, destination: Path) -> Path:
     if partial.exists():
         shutil.rmtree(partial)
     shutil.copytree(source, partial, copy_function=shutil.copy2)
-    if destination.exists():  # a restored run reporting the same step again
-        shutil.rmtree(destination)
-    os.replace(partial, destination)
+    checkpoints.publish(partial, destination)  # the trainer's own seal-and-rename
     return destination
 
 
