@@ -89,10 +89,14 @@ def cached_backward(
         return loss.detach()
     # the loss's own backward: through the all-gather to this rank's embeddings, no parameters
     loss.backward()
-    # each chunk's slice of its leaf's gradient, in the chunks' (length-sorted) row order
-    work = [(part, state, leaf.grad[c[3]][start : start + part["input_ids"].shape[0]])
-            for c, leaf in zip(cached, leaves) if c is not None
-            for part, state, start in zip(c[1], c[2], _starts(c[1]))]
+    # each chunk's slice of its leaf's gradient: the gradient put in the chunks' (length-sorted)
+    # row order once per input, then cut at the chunk boundaries
+    work = []
+    for c, leaf in zip(cached, leaves):
+        if c is not None:
+            _, parts, states, order = c
+            grads = leaf.grad[order].split([part["input_ids"].shape[0] for part in parts])
+            work += zip(parts, states, grads)
     for i, (part, state, grad) in enumerate(work):
         last = i == len(work) - 1
         with (contextlib.nullcontext() if last else no_sync()), state.replay():
@@ -100,11 +104,3 @@ def cached_backward(
             # d(surrogate)/d(params) = grad . d(emb)/d(params): the chain rule through the cache
             backward(torch.dot(emb.flatten(), grad.flatten().to(emb.dtype)))
     return loss.detach()
-
-
-def _starts(parts: list[Features]) -> list[int]:
-    starts, at = [], 0
-    for part in parts:
-        starts.append(at)
-        at += part["input_ids"].shape[0]
-    return starts
