@@ -69,6 +69,12 @@ def wait_done(env, job: str, timeout: float = 300) -> str:
     raise TimeoutError(f"job {job} still {job_field(env, job, 'JobState')} after {timeout}s")
 
 
+def node_state(env) -> str:
+    """The single node's state as sinfo prints it (idle, allocated, completing, mixed, ...)."""
+    proc = subprocess.run(["sinfo", "--noheader", "--format=%T"], env=env, capture_output=True, text=True, timeout=30)
+    return proc.stdout.strip()
+
+
 def log_of(name: str, job: str) -> str:
     return (REPO / "logs" / f"{name}-{job}.out").read_text()
 
@@ -108,6 +114,14 @@ def test_preempted_job_requeues_and_resumes(slurm_env, tmp_path):
         assert time.time() < deadline and job_field(slurm_env, job, "JobState") in ("RUNNING", "PENDING", "COMPLETING"), \
             log_of(name, job)
         time.sleep(0.2)
+    # That wait exists for a reason: slurmd revoked the first run's credential and refuses to launch
+    # a run whose credential is from the same second ("Job credential revoked", the job then ends
+    # FAILED). Lift it only once the node has cleaned up the first run, and a second later.
+    deadline = time.time() + 120
+    while node_state(slurm_env) != "idle":
+        assert time.time() < deadline, f"node still {node_state(slurm_env)} after the requeue"
+        time.sleep(0.2)
+    time.sleep(2)
     subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=slurm_env, check=True, timeout=30)
     assert wait_done(slurm_env, job, timeout=420) == "COMPLETED", log_of(name, job)
 
