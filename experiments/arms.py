@@ -30,7 +30,7 @@ class Arm:
 
 
 _HYBRID = {"sampler.mode": "hybrid", "sampler.alpha": 0.5}
-_MLLOSS = {"loss.name": "multilingual", "sampler.language_draw": "pair"}
+_MLLOSS = {"loss.name": "multilingual"}
 
 ARMS: dict[str, Arm] = {a.name: a for a in [
     Arm("zero-shot", "pretrained multilingual-e5-small, no training",

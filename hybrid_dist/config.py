@@ -66,13 +66,16 @@ class DataConfig:
 
 @dataclass
 class SamplerConfig:
-    mode: Literal["mono", "cross", "hybrid", "multilingual"] = "hybrid"
+    # the paper's batch types: mono = X-X-mono (one language per global batch), cross = X-Y (each
+    # pair its own query language X != passage language Y), hybrid = X-X-mono with probability
+    # alpha else X-Y, per step; LAReQA's xx (each pair X = Y, languages mixed) and multilingual
+    # (query and passage languages drawn independently)
+    mode: Literal["mono", "cross", "hybrid", "xx", "multilingual"] = "hybrid"
     alpha: float = 0.5
     batch_size: int = 100  # global: pairs per optimizer step over all ranks
-    smoothing: float = 1.0
-    language_draw: Literal["batch", "pair"] = "batch"
-    translations_per_group: int = 1
-    num_negatives: int = 0
+    smoothing: float = 1.0  # languages drawn with probability proportional to size**smoothing
+    translations_per_group: int = 1  # k > 1: k passage languages per question (multilingual loss only)
+    num_negatives: int = 0  # hard negatives per pair (needs data.max_hard_negatives)
 
 
 @dataclass
@@ -144,6 +147,27 @@ class Config:
 
 # ---------------------------------------------------------------------- loading
 
+# keys that existed once: loading them says what replaced them instead of "unknown key"
+REMOVED_KEYS = {
+    "sampler.language_draw": "removed: sampler.mode says how languages are drawn (cross = X-Y with languages "
+                             "drawn per pair, xx = X-X per pair, mono = one language per batch)",
+}
+
+
+def validate(cfg: Config, source: str = "config") -> None:
+    """Settings that are wrong together, found at load time: one ``ConfigError`` naming the keys."""
+    from hybrid_dist.sampler import sampler_problems
+
+    s = cfg.sampler
+    problems = sampler_problems(s.mode, s.alpha, s.batch_size, s.translations_per_group, s.num_negatives)
+    if cfg.loss.name == "infonce" and s.translations_per_group > 1:
+        problems.append(f"loss.name=infonce with sampler.translations_per_group={s.translations_per_group}: InfoNCE "
+                        "would count a question's translations as its negatives; use loss.name=multilingual")
+    if cfg.loss.temperature <= 0:
+        problems.append(f"loss.temperature={cfg.loss.temperature} must be > 0")
+    if problems:
+        raise ConfigError(f"{source}: " + f"\n{source}: ".join(problems))
+
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Defaults, then the YAML file, then ``key=value`` overrides (``sampler.alpha=0.25``)."""
@@ -167,6 +191,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not sep or not key:
             raise ConfigError(f"override {item!r}: expected key=value, e.g. sampler.alpha=0.25")
         _set_path(cfg, key.strip(), yaml.safe_load(raw) if raw.strip() else None, f"override {item!r}")
+    validate(cfg, str(path) if path is not None else "config")
     return cfg
 
 
@@ -179,6 +204,8 @@ def _apply_node(obj: Any, node: yaml.MappingNode, source: str, prefix: str) -> N
         dotted = f"{prefix}{key}"
         where = f"{source}:{line}: {dotted}"
         if key not in hints:
+            if dotted in REMOVED_KEYS:
+                raise ConfigError(f"{where}: {REMOVED_KEYS[dotted]}")
             raise ConfigError(f"{where}: unknown key; {prefix or 'top-level '}keys are {sorted(hints)}")
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current) and isinstance(value_node, yaml.MappingNode):
@@ -193,6 +220,8 @@ def _set_path(cfg: Config, dotted: str, value: Any, where: str) -> None:
     for i, part in enumerate(parts):
         hints = typing.get_type_hints(type(obj))
         if part not in hints:
+            if dotted in REMOVED_KEYS:
+                raise ConfigError(f"{where}: {dotted} {REMOVED_KEYS[dotted]}")
             known = ".".join(parts[:i]) or "top level"
             raise ConfigError(f"{where}: unknown key {dotted!r}; {known} keys are {sorted(hints)}")
         if i == len(parts) - 1:

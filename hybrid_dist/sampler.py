@@ -1,26 +1,42 @@
-"""Global batch sampler: the hybrid-batch method.
+"""Global batch sampler: the batch types of the hybrid-batch paper (arXiv 2408.10536) and LAReQA.
 
-Every optimizer step draws one *global* batch of B pairs for all ranks together. Its mode is
-monolingual (query and passage in the same language) with probability alpha, else
-cross-lingual (languages differ); languages are drawn with probability proportional to
-size**smoothing. A batch never holds a group twice (its translations) nor two groups answered
-by the same passage: either would be a false negative for the other. The batch for
-step s depends only on (seed, s), so any world size and any resume point see the same data.
+Every optimizer step draws one *global* batch of B pairs for all ranks together. Its type:
+
+* ``mono`` (X-X-mono): one language X, drawn for the whole batch; every query and passage in X.
+* ``cross`` (X-Y): each pair draws its own passage language Y and query language X != Y, so one
+  batch mixes languages and in-batch negatives differ in language from the positive.
+* ``hybrid``: each step is X-X-mono with probability alpha, else X-Y (the paper's method).
+* ``xx`` (LAReQA's X-X): each pair draws its own language X for query and passage alike.
+* ``multilingual``: each pair draws query and passage languages independently.
+
+Languages are drawn with probability proportional to size**smoothing in every mode: a
+pair's languages are drawn first, then a group that has them.
+
+No passage in the pool (positives and hard negatives, over every rank and accumulation step)
+answers another query of the batch in any language, unless the loss counts it as a positive
+(the translations of a group's positive under the multilingual loss). Which questions a passage
+answers comes from ``ParallelCorpus.positive_answers`` / ``negative_answers``, an identity that
+holds across languages. The batch of step s depends only on (seed, s), so any world size and
+any resume point see the same data.
 """
 
 from __future__ import annotations
 
 import hashlib
+from bisect import bisect_right
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Literal
 
 import numpy as np
 
 from hybrid_dist.data.corpus import ParallelCorpus
 
-Mode = Literal["mono", "cross", "hybrid", "multilingual"]
-LanguageDraw = Literal["batch", "pair"]
+Mode = Literal["mono", "cross", "hybrid", "xx", "multilingual"]
+StepMode = Literal["mono", "cross", "xx", "multilingual"]
+MODES = ("mono", "cross", "hybrid", "xx", "multilingual")
+MAX_LANGUAGE_REDRAWS = 64  # a pair's languages are redrawn when no unused group has them
 
 
 @dataclass(frozen=True)
@@ -34,7 +50,7 @@ class Pair:
 @dataclass(frozen=True)
 class GlobalBatch:
     step: int
-    mode: Literal["mono", "cross", "multilingual"]
+    mode: StepMode
     pairs: tuple[Pair, ...]
 
     def digest(self) -> str:
@@ -45,14 +61,14 @@ class GlobalBatch:
 class GlobalBatchSampler:
     """Args:
         batch_size: global batch B (pairs per optimizer step, over all ranks).
-        mode: ``mono``, ``cross``, ``hybrid`` (mono with probability ``alpha``) or
-            ``multilingual`` (each pair's query and passage languages drawn independently).
+        mode: ``mono``, ``cross``, ``hybrid`` (mono with probability ``alpha``, else cross),
+            ``xx`` or ``multilingual`` (see the module docstring).
         smoothing: exponent on language sizes (1 = proportional, 0 = uniform).
-        language_draw: ``batch`` draws one language (mono) or one language pair (cross) for the
-            whole batch; ``pair`` draws them for each pair.
-        translations_per_group: k > 1 puts k pairs of each group in the batch, with k distinct
-            passage languages: the batches the multilingual contrastive loss needs.
-        num_negatives: hard negatives per pair, drawn from the passage record's negatives.
+        translations_per_group: k > 1 puts k pairs of each group in every mixed-language batch,
+            with k distinct passage languages: the batches the multilingual contrastive loss
+            needs. A mono step holds one language, so it takes one pair per group.
+        num_negatives: hard negatives per pair, drawn from the passage record's negatives that
+            answer no query of the batch.
     """
 
     def __init__(
@@ -63,31 +79,18 @@ class GlobalBatchSampler:
         alpha: float = 0.5,
         smoothing: float = 1.0,
         seed: int = 0,
-        language_draw: LanguageDraw = "batch",
         translations_per_group: int = 1,
         num_negatives: int = 0,
     ):
-        if mode not in ("mono", "cross", "hybrid", "multilingual"):
-            raise ValueError(f"sampler mode must be mono, cross, hybrid or multilingual, got {mode!r}")
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-        if language_draw not in ("batch", "pair"):
-            raise ValueError(f"language_draw must be 'batch' or 'pair', got {language_draw!r}")
         k = translations_per_group
-        if k < 1 or batch_size % k:
-            raise ValueError(f"translations_per_group ({k}) must be >= 1 and divide batch_size ({batch_size})")
-        if k > 1 and language_draw == "batch" and mode != "multilingual":
-            raise ValueError("translations_per_group > 1 needs language_draw='pair' (one language per batch "
-                             "cannot hold several translations)")
-        if mode in ("cross", "hybrid") and len(corpus.languages) < 2:
-            raise ValueError(f"mode {mode!r} needs at least two languages; the corpus has {corpus.languages}")
+        for problem in sampler_problems(mode, alpha, batch_size, k, num_negatives):
+            raise ValueError(problem)
         self.corpus = corpus
         self.batch_size = batch_size
         self.mode = mode
         self.alpha = alpha
         self.smoothing = smoothing
         self.seed = seed
-        self.language_draw = language_draw
         self.k = k
         self.num_negatives = num_negatives
         self.step = 0
@@ -95,15 +98,40 @@ class GlobalBatchSampler:
         sizes = np.array([corpus.sizes[lang] for lang in self.languages], dtype=np.float64)
         self.weights = sizes**smoothing
         self.weights /= self.weights.sum()
-        self._lang_weight = dict(zip(self.languages, self.weights))
-        self._eligible_cache: dict[tuple, np.ndarray] = {}
-        if num_negatives:
+        self._lang_index = {lang: i for i, lang in enumerate(self.languages)}
+        self._weight_list = [float(x) for x in self.weights]
+        self._check_corpus_serves()
+        self.batch(0)  # a corpus that cannot fill a batch fails here, not at the first step
+
+    def _check_corpus_serves(self) -> None:
+        corpus, b, k = self.corpus, self.batch_size, self.k
+        where = f"sampler.mode={self.mode} on {corpus.source}"
+        step_modes = {"hybrid": ("mono", "cross")}.get(self.mode, (self.mode,))
+        if "cross" in step_modes and len(self.languages) < 2:
+            raise ValueError(f"{where}: X-Y batches need at least two languages; the corpus has {self.languages}")
+        if k > 1 and k > len(self.languages):
+            raise ValueError(f"{where}: sampler.translations_per_group={k} needs {k} languages; the corpus has "
+                             f"{len(self.languages)} ({', '.join(self.languages)})")
+        if "mono" in step_modes:
+            small = {lang: n for lang, n in corpus.sizes.items() if n < b}
+            if small:
+                raise ValueError(f"{where}: an X-X-mono batch holds sampler.batch_size={b} questions of one language, "
+                                 f"but {', '.join(f'{lang} has {n}' for lang, n in small.items())}; lower batch_size "
+                                 f"or leave those languages out (data.languages)")
+        mixed = [m for m in step_modes if m != "mono"]
+        if mixed:
+            need = max(k, 2 if "cross" in mixed else 1)
+            have = sum(len(langs) >= need for langs in corpus.group_languages)
+            if have < b // k:
+                raise ValueError(f"{where}: a batch needs {b // k} questions with at least {need} languages each "
+                                 f"(sampler.batch_size={b}, translations_per_group={k}); the corpus has {have}")
+        if self.num_negatives:
             lacking = [(corpus.group_ids[g], lang) for g, row in enumerate(corpus.table)
                        for lang, r in row.items() if not r.negatives]
             if lacking:
                 gid, lang = lacking[0]
-                raise ValueError(f"num_negatives={num_negatives} but {len(lacking)} records have no negatives "
-                                 f"(first: group_id {gid}, lang {lang})")
+                raise ValueError(f"sampler.num_negatives={self.num_negatives} but {len(lacking)} records have no "
+                                 f"hard negatives (first: group_id {gid}, lang {lang}); set data.max_hard_negatives")
 
     # ------------------------------------------------------------------ drawing
     def batch(self, step: int) -> GlobalBatch:
@@ -112,83 +140,39 @@ class GlobalBatchSampler:
         mode = self.mode
         if mode == "hybrid":
             mode = "mono" if rng.random() < self.alpha else "cross"
-        if self.k == 1 and self.language_draw == "batch" and mode != "multilingual":
-            pairs = self._batch_languages(rng, mode)
+        builder = _BatchBuilder(self.corpus, self.num_negatives, rng)
+        if mode == "mono":
+            lang = self._draw_languages(rng, 1)[0]
+            candidates = self.corpus.lang_groups[lang]
+            builder.fill(rng.permutation(candidates), self.batch_size, lambda: ([lang], [lang]), f"mono ({lang})")
         else:
-            pairs = self._pair_languages(rng, mode)
-        if self.num_negatives:
-            pairs = [self._with_negatives(rng, p) for p in pairs]
-        return GlobalBatch(step=step, mode=mode, pairs=tuple(pairs))
+            candidates = np.flatnonzero([len(langs) >= min(self.k, 2) for langs in self.corpus.group_languages])
+            builder.fill(rng.permutation(candidates), self.batch_size // self.k,
+                         lambda: self._mixed_languages(rng, mode), mode)
+        return GlobalBatch(step=step, mode=mode, pairs=tuple(builder.pairs))
 
-    def _batch_languages(self, rng: np.random.Generator, mode: str) -> list[Pair]:
-        q = self._draw_language(rng, self.languages)
-        p = q if mode == "mono" else self._draw_language(rng, [x for x in self.languages if x != q])
-        return self._collect(rng, self._eligible((q, p)), self.batch_size, f"{mode} {q}->{p}",
-                             lambda g: [Pair(int(g), q, p)])
+    def _mixed_languages(self, rng: np.random.Generator, mode: str) -> tuple[list[str], list[str]]:
+        """(query languages, passage languages) for one group's k pairs."""
+        passages = self._draw_languages(rng, self.k)
+        if mode == "xx":
+            return passages, passages
+        if mode == "cross":
+            return [self._draw_languages(rng, 1, excluded=p)[0] for p in passages], passages
+        return [self._draw_languages(rng, 1)[0] for _ in passages], passages
 
-    def _pair_languages(self, rng: np.random.Generator, mode: str) -> list[Pair]:
-        def draw(g: int) -> list[Pair]:
-            langs = list(self.corpus.table[g])
-            pairs = []
-            for p in self._draw_languages(rng, langs, self.k):
-                if mode == "mono":
-                    q = p
-                elif mode == "cross":
-                    q = self._draw_language(rng, [x for x in langs if x != p])
-                else:
-                    q = self._draw_language(rng, langs)
-                pairs.append(Pair(int(g), q, p))
-            return pairs
-
-        min_langs = max(self.k, 2 if mode == "cross" else 1)
-        return self._collect(rng, self._eligible(min_langs), self.batch_size // self.k, mode, draw)
-
-    def _collect(self, rng: np.random.Generator, eligible: np.ndarray, n_groups: int, what: str,
-                 draw_pairs) -> list[Pair]:
-        """Walk the eligible groups in random order, drawing each one's pairs, and keep a group
-        unless one of its passages is already in the batch (two questions answered by the same
-        sentence): that passage would be a false negative for the other query."""
-        used: set[tuple[str, str]] = set()
-        pairs: list[Pair] = []
-        kept = 0
-        for g in eligible[rng.permutation(len(eligible))]:
-            candidate = draw_pairs(int(g))
-            keys = {(p.passage_lang, pid) for p in candidate
-                    if (pid := self.corpus.record(p.group, p.passage_lang).positive_id) is not None}
-            if keys & used:
-                continue
-            used |= keys
-            pairs.extend(candidate)
-            kept += 1
-            if kept == n_groups:
-                return pairs
-        raise ValueError(f"a {what} batch needs {n_groups} groups with distinct positive passages but the "
-                         f"corpus ({self.corpus.source}) yielded only {kept}; lower batch_size")
-
-    def _draw_language(self, rng: np.random.Generator, langs: list[str]) -> str:
-        return self._draw_languages(rng, langs, 1)[0]
-
-    def _draw_languages(self, rng: np.random.Generator, langs: list[str], n: int) -> list[str]:
-        w = np.array([self._lang_weight[x] for x in langs])
-        idx = rng.choice(len(langs), size=n, replace=False, p=w / w.sum())
-        return [langs[i] for i in idx]
-
-    def _eligible(self, key) -> np.ndarray:
-        """Groups that hold the languages a draw needs: a (query, passage) language pair, or a
-        minimum number of languages."""
-        if key not in self._eligible_cache:
-            if isinstance(key, tuple):
-                q, p = key
-                groups = np.intersect1d(self.corpus.lang_groups[q], self.corpus.lang_groups[p])
-            else:
-                groups = np.array([g for g, row in enumerate(self.corpus.table) if len(row) >= key], dtype=np.int64)
-            self._eligible_cache[key] = groups
-        return self._eligible_cache[key]
-
-    def _with_negatives(self, rng: np.random.Generator, pair: Pair) -> Pair:
-        available = len(self.corpus.record(pair.group, pair.passage_lang).negatives)
-        idx = rng.choice(available, size=self.num_negatives, replace=available < self.num_negatives)
-        return Pair(pair.group, pair.query_lang, pair.passage_lang, tuple(int(i) for i in idx))
+    def _draw_languages(self, rng: np.random.Generator, n: int, excluded: str | None = None) -> list[str]:
+        """``n`` distinct languages, each drawn with probability proportional to size**smoothing
+        among those not drawn yet (and not ``excluded``)."""
+        w = list(self._weight_list)
+        if excluded is not None:
+            w[self._lang_index[excluded]] = 0.0
+        out = []
+        for _ in range(n):
+            cumulative = list(accumulate(w))
+            i = bisect_right(cumulative, rng.random() * cumulative[-1])
+            out.append(self.languages[i])
+            w[i] = 0.0
+        return out
 
     # ------------------------------------------------------------------ ranks
     def rank_slice(self, batch: GlobalBatch, rank: int, world_size: int,
@@ -218,12 +202,117 @@ class GlobalBatchSampler:
 
     def state_dict(self) -> dict:
         return {"step": self.step, "seed": self.seed, "corpus": self.corpus.fingerprint(),
-                "mode": self.mode, "alpha": self.alpha, "batch_size": self.batch_size}
+                "mode": self.mode, "alpha": self.alpha, "batch_size": self.batch_size,
+                "translations_per_group": self.k, "num_negatives": self.num_negatives,
+                "smoothing": self.smoothing}
 
     def load_state_dict(self, state: dict) -> None:
-        for key in ("seed", "corpus", "mode", "alpha", "batch_size"):
-            current = self.state_dict()[key]
-            if state.get(key, current) != current:
+        current = self.state_dict()
+        for key in ("seed", "corpus", "mode", "alpha", "batch_size", "translations_per_group", "num_negatives",
+                    "smoothing"):
+            if state.get(key, current[key]) != current[key]:
                 raise ValueError(f"sampler state was saved with {key}={state[key]!r} but this run has "
-                                 f"{key}={current!r}; the batch sequence would differ")
+                                 f"{key}={current[key]!r}; the batch sequence would differ")
         self.step = int(state["step"])
+
+
+class _BatchBuilder:
+    """Adds groups to one global batch, keeping every false negative out.
+
+    ``questions``: the groups in the batch. ``answered``: every group that some passage already in
+    the pool answers. A group joins only if no pool passage answers it, none of its passages
+    answers a question already in the batch, and (with hard negatives) each of its pairs has a
+    negative that answers no question of the batch, its own included."""
+
+    def __init__(self, corpus: ParallelCorpus, num_negatives: int, rng: np.random.Generator):
+        self.corpus, self.num_negatives, self.rng = corpus, num_negatives, rng
+        self.questions: set[int] = set()
+        self.answered: set[int] = set()
+        self.pairs: list = []
+
+    def fill(self, order: np.ndarray, n_groups: int, draw_languages, what: str) -> None:
+        remaining = [int(g) for g in order]
+        kept = 0
+        while kept < n_groups:
+            for _ in range(MAX_LANGUAGE_REDRAWS):
+                query_langs, passage_langs = draw_languages()
+                needed = set(query_langs) | set(passage_langs)
+                i = self._first_fitting(remaining, needed, query_langs, passage_langs)
+                if i is not None:
+                    break
+            else:
+                raise ValueError(f"could not fill a {what} batch: {n_groups} questions whose passages answer no "
+                                 f"other question of the batch were needed, {kept} found in the corpus "
+                                 f"({self.corpus.source}); lower sampler.batch_size")
+            kept += 1
+
+    def _first_fitting(self, remaining: list[int], needed: set[str], query_langs, passage_langs) -> int | None:
+        """Add the first remaining group that has the languages and no conflict; groups that
+        conflict are dropped from ``remaining`` (the batch only grows, so they stay in conflict)."""
+        languages = self.corpus.group_languages
+        i = 0
+        while i < len(remaining):
+            g = remaining[i]
+            if not needed <= languages[g]:
+                i += 1
+                continue
+            if self._try_add(g, query_langs, passage_langs):
+                del remaining[i]
+                return i
+            del remaining[i]
+        return None
+
+    def _try_add(self, g: int, query_langs, passage_langs) -> bool:
+        if g in self.answered:
+            return False
+        corpus = self.corpus
+        answers = set().union(*(corpus.positive_answers[g][p] for p in passage_langs))
+        if not answers.isdisjoint(self.questions):
+            return False
+        blocked = self.questions | {g}
+        negatives = []
+        if self.num_negatives:
+            for p in passage_langs:
+                clean = [i for i, a in enumerate(corpus.negative_answers[g][p]) if a.isdisjoint(blocked)]
+                if not clean:
+                    return False
+                chosen = _pick(self.rng, clean, self.num_negatives)
+                negatives.append(chosen)
+                for j in chosen:
+                    answers |= corpus.negative_answers[g][p][j]
+        self.questions.add(g)
+        self.answered |= answers
+        for n, (q, p) in enumerate(zip(query_langs, passage_langs)):
+            self.pairs.append(Pair(g, q, p, negatives[n] if negatives else ()))
+        return True
+
+
+def _pick(rng: np.random.Generator, items: list[int], n: int) -> tuple[int, ...]:
+    """``n`` of ``items`` at random: distinct while there are enough, else with repeats."""
+    if len(items) < n:
+        return tuple(items[int(rng.random() * len(items))] for _ in range(n))
+    pool = list(items)
+    return tuple(pool.pop(int(rng.random() * len(pool))) for _ in range(n))
+
+
+def sampler_problems(mode: str, alpha: float, batch_size: int, translations_per_group: int,
+                     num_negatives: int) -> list[str]:
+    """What is wrong with these sampler settings on any corpus (config keys named), or nothing."""
+    k = translations_per_group
+    problems = []
+    if mode not in MODES:
+        problems.append(f"sampler.mode must be one of {list(MODES)}, got {mode!r}")
+    if not 0.0 <= alpha <= 1.0:
+        problems.append(f"sampler.alpha={alpha} is outside [0, 1]")
+    if batch_size < 1:
+        problems.append(f"sampler.batch_size={batch_size} must be at least 1")
+    if k < 1:
+        problems.append(f"sampler.translations_per_group={k} must be at least 1")
+    elif batch_size >= 1 and batch_size % k:
+        problems.append(f"sampler.translations_per_group={k} must divide sampler.batch_size={batch_size}")
+    if k > 1 and mode == "mono":
+        problems.append(f"sampler.translations_per_group={k} with sampler.mode=mono: an X-X-mono batch holds one "
+                        "language, so it cannot hold a question's translations")
+    if num_negatives < 0:
+        problems.append(f"sampler.num_negatives={num_negatives} must be at least 0")
+    return problems

@@ -20,6 +20,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML config (see configs/); defaults apply to anything it leaves out")
     parser.add_argument("--resume", help="shorthand for train.resume=...: 'auto' or a checkpoint directory")
+    parser.add_argument("--print-batches", type=int, metavar="N",
+                        help="print the first N global batches as JSON lines and exit (no model, no training)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. sampler.alpha=0.25 optim.lr=1e-5")
     return parser.parse_args(argv)
 
@@ -29,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
 
     distributed.export_torch_env()  # a SLURM task (srun, one process per task) becomes a torch rank
     workers = distributed.requested_cpu_processes()
-    if workers > 1:
+    previewing = any(a.startswith("--print-batches") for a in (sys.argv[1:] if argv is None else argv))
+    if workers > 1 and not previewing:
         return distributed.launch_cpu_workers(workers, "hybrid_dist.train", sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     overrides = list(args.overrides) + ([f"train.resume={args.resume}"] if args.resume else [])
@@ -38,6 +41,16 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
+    if args.print_batches is not None:
+        from hybrid_dist.batch_preview import print_batches
+
+        try:
+            print_batches(cfg, args.print_batches)
+        except (DataError, ValueError) as e:
+            return _error(e, BAD_INPUT)
+        except BrokenPipeError:  # `| head`: the reader has what it wanted
+            sys.stderr.close()
+        return 0
     import transformers
 
     transformers.utils.logging.set_verbosity_error()

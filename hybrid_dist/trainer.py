@@ -37,7 +37,7 @@ from hybrid_dist.models.scratch import build_scratch_encoder
 from hybrid_dist.nonfinite import NonFiniteSteps, TrainingDiverged, nonfinite_tensors
 from hybrid_dist.preemption import PreemptionWatcher
 from hybrid_dist.preflight import PreflightError
-from hybrid_dist.sampler import GlobalBatchSampler
+from hybrid_dist.batch_preview import sampler_for
 
 CHECKPOINT_PREFIX = ckpt.PREFIX
 OFFLINE_PREFIX = "offline:"
@@ -87,11 +87,7 @@ class Trainer:
         if bad.count:
             acc.print(f"data: {bad.summary()}")
         self._check_evaluation_data()
-        s = cfg.sampler
-        self.sampler = GlobalBatchSampler(
-            self.corpus, s.batch_size, s.mode, s.alpha, s.smoothing, cfg.train.seed,
-            s.language_draw, s.translations_per_group, s.num_negatives,
-        )
+        self.sampler = sampler_for(cfg, self.corpus)
         model = self._build_model()
         self._collective_check(lambda: self._check_free_space(model), main_only=True)  # before DDP exists (see close)
         self.dataset = StepDataset(self.corpus, self.sampler, model.text_tokenizer, acc.process_index,

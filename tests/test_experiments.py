@@ -75,24 +75,30 @@ def test_arm_specific_settings():
     ml = load_arm("hybrid-mlloss")
     assert ml["loss.name"] == "multilingual" and ml["sampler.alpha"] == 0.5
     # the multilingual loss needs translations of a question in the same batch
-    assert ml["sampler.translations_per_group"] >= 2 and ml["sampler.language_draw"] == "pair"
+    assert ml["sampler.translations_per_group"] >= 2
     rec = load_arm("recommended")
     assert rec["loss.name"] == "multilingual" and rec["sampler.batch_size"] > 128
     assert rec["sampler.batch_size"] % rec["sampler.translations_per_group"] == 0
 
 
 def test_multilingual_loss_arms_build_a_sampler(xquad_corpus):
-    """The sampler accepts the arms' settings (it raises on k > 1 with one language per batch)."""
+    """The sampler accepts the arms' settings: k translations per question in X-Y steps, one pair
+    per question in X-X-mono steps (one language cannot hold translations)."""
     from hybrid_dist.sampler import GlobalBatchSampler
 
     for name in ("hybrid-mlloss", "recommended"):
         s = load_config(A.ARMS[name].config).sampler
-        sampler = GlobalBatchSampler(xquad_corpus, s.batch_size, s.mode, s.alpha, s.smoothing, 0, s.language_draw,
+        sampler = GlobalBatchSampler(xquad_corpus, s.batch_size, s.mode, s.alpha, s.smoothing, 0,
                                      s.translations_per_group)
-        batch = sampler.batch(1)
-        groups = [p.group for p in batch.pairs]
-        assert len(batch.pairs) == s.batch_size
-        assert all(groups.count(g) == s.translations_per_group for g in set(groups))
+        modes = set()
+        for step in range(6):
+            batch = sampler.batch(step)
+            groups = [p.group for p in batch.pairs]
+            assert len(batch.pairs) == s.batch_size
+            k = 1 if batch.mode == "mono" else s.translations_per_group
+            assert all(groups.count(g) == k for g in set(groups))
+            modes.add(batch.mode)
+        assert modes == {"mono", "cross"}
 
 
 # ----------------------------------------------------------------------------- plan

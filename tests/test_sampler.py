@@ -37,15 +37,16 @@ def test_mono_batches_share_one_language_and_cross_batches_never_match():
 
 def test_per_pair_language_draws():
     corpus = synthetic_corpus({"en": 300, "de": 300, "fr": 300})
-    mono = GlobalBatchSampler(corpus, 64, "mono", language_draw="pair", seed=2)
-    cross = GlobalBatchSampler(corpus, 64, "cross", language_draw="pair", seed=2)
+    xx = GlobalBatchSampler(corpus, 64, "xx", seed=2)
+    cross = GlobalBatchSampler(corpus, 64, "cross", seed=2)
     multi = GlobalBatchSampler(corpus, 64, "multilingual", seed=2)
     same = Counter()
     for step in range(30):
-        assert all(p.query_lang == p.passage_lang for p in mono.batch(step).pairs)
+        assert all(p.query_lang == p.passage_lang for p in xx.batch(step).pairs)
+        assert len({p.passage_lang for p in xx.batch(step).pairs}) == 3  # languages mixed within the batch
         assert all(p.query_lang != p.passage_lang for p in cross.batch(step).pairs)
+        assert len({p.passage_lang for p in cross.batch(step).pairs}) == 3
         same.update(p.query_lang == p.passage_lang for p in multi.batch(step).pairs)
-        assert len({p.passage_lang for p in mono.batch(step).pairs}) > 1
     # independent draws over 3 equal languages: same language with probability 1/3
     n = sum(same.values())
     assert abs(same[True] - n / 3) < 3 * math.sqrt(n * (1 / 3) * (2 / 3))
@@ -81,17 +82,63 @@ def test_no_group_or_positive_passage_twice_in_a_global_batch():
             assert len(set(passages)) == len(passages)
 
 
+def test_a_translation_that_answers_another_query_never_sits_in_its_pool():
+    """Sentence indices differ between translations: in German, group 1's answer sentence also
+    answers group 0 (one sentence where English has two). A German passage of group 1 must
+    then never share a batch with group 0's query, in any language, although the two groups'
+    English passages differ. Groups 2.. are ordinary."""
+    records = []
+    for g in range(40):
+        for lang in ("en", "de", "fr"):
+            pid = "de/s1" if lang == "de" and g in (0, 1) else f"{lang}/s{g}"
+            records.append(ParallelRecord(str(g), lang, f"q{g}-{lang}", f"p{pid}", positive_id=pid))
+    corpus = ParallelCorpus(records)
+    assert corpus.answers_of(1, "de") == {0, 1} and corpus.answers_of(1, "en") == {1}
+    together = 0
+    for mode in ("cross", "xx", "multilingual", "hybrid"):
+        sampler = GlobalBatchSampler(corpus, 32, mode, seed=4)
+        for step in range(200):
+            pairs = sampler.batch(step).pairs
+            groups = {p.group for p in pairs}
+            together += {0, 1} <= groups
+            for p in pairs:
+                if p.passage_lang == "de" and p.group in (0, 1):
+                    assert not {0, 1} - {p.group} & groups, (mode, step, pairs)
+    assert together > 0  # the two groups still meet when neither German passage is drawn
+
+
+def test_hard_negatives_never_answer_a_question_of_the_batch():
+    """Each group's hard negatives are the positives of the next two groups (as other sentences of
+    a paragraph are other questions' answers): they may only be drawn when those groups are absent."""
+    records = []
+    for g in range(60):
+        for lang in ("en", "de"):
+            negs = tuple(f"p{(g + d) % 60}-{lang}" for d in (1, 2, 3, 4))
+            records.append(ParallelRecord(str(g), lang, f"q{g}-{lang}", f"p{g}-{lang}", negatives=negs))
+    corpus = ParallelCorpus(records)
+    sampler = GlobalBatchSampler(corpus, 16, "hybrid", num_negatives=2, seed=0)
+    for step in range(200):
+        pairs = sampler.batch(step).pairs
+        groups = {p.group for p in pairs}
+        for p in pairs:
+            for i in p.negatives:
+                answered = (p.group + 1 + i) % 60
+                assert answered not in groups, (step, p)
+
+
 def test_translations_per_group_gives_distinct_passage_languages():
     corpus = synthetic_corpus({"en": 200, "de": 200, "fr": 200})
-    sampler = GlobalBatchSampler(corpus, 30, "cross", language_draw="pair", translations_per_group=3, seed=1)
+    sampler = GlobalBatchSampler(corpus, 30, "cross", translations_per_group=3, seed=1)
     pairs = sampler.batch(0).pairs
     groups = [pairs[i : i + 3] for i in range(0, 30, 3)]
     assert len({g[0].group for g in groups}) == 10
     for g in groups:
         assert len({p.group for p in g}) == 1 and len({p.passage_lang for p in g}) == 3
         assert all(p.query_lang != p.passage_lang for p in g)
-    with pytest.raises(ValueError, match="language_draw='pair'"):
-        GlobalBatchSampler(corpus, 30, "cross", translations_per_group=3)
+    with pytest.raises(ValueError, match="cannot hold a question's translations"):
+        GlobalBatchSampler(corpus, 30, "mono", translations_per_group=3)
+    with pytest.raises(ValueError, match="needs 4 languages"):
+        GlobalBatchSampler(corpus, 32, "cross", translations_per_group=4)
 
 
 @pytest.mark.parametrize("world_size,micro_steps", [(1, 1), (2, 1), (4, 1), (2, 2), (4, 2)])
@@ -108,9 +155,10 @@ def test_indivisible_or_oversized_batches_are_clear_errors():
     corpus = synthetic_corpus()
     with pytest.raises(ValueError, match="divisible by world size"):
         GlobalBatchSampler(corpus, 30, "mono").rank_slice(GlobalBatchSampler(corpus, 30, "mono").batch(0), 0, 4)
-    with pytest.raises(ValueError, match="lower batch_size"):
-        GlobalBatchSampler(corpus, 150, "mono", seed=0).batch(next(
-            s for s in range(100) if GlobalBatchSampler(corpus, 8, "mono", seed=0).batch(s).pairs[0].query_lang == "fr"))
+    with pytest.raises(ValueError, match="fr has 100; lower batch_size"):
+        GlobalBatchSampler(corpus, 150, "mono", seed=0)
+    with pytest.raises(ValueError, match=r"alpha=1.5 is outside \[0, 1\]"):
+        GlobalBatchSampler(corpus, 16, "hybrid", alpha=1.5)
 
 
 def test_sequence_depends_only_on_seed_and_step():

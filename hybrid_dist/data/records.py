@@ -58,9 +58,10 @@ class ParallelRecord:
     """One question-passage pair in one language.
 
     Records sharing a ``group_id`` are translations of each other. ``article`` keys the
-    train/held-out split; ``positive_id`` identifies the positive passage so that two groups
-    answered by the same passage are never put into one batch (each would be a false
-    negative for the other).
+    train/held-out split (translations may carry translated titles: the corpus links them through
+    their groups). ``positive_id`` and ``negative_ids`` identify passages within a language, so
+    the corpus can tell which questions each passage answers, whatever its text (see
+    ``ParallelCorpus``); without them a passage is identified by its text.
     """
 
     group_id: str
@@ -70,3 +71,4 @@ class ParallelRecord:
     negatives: tuple[str, ...] = field(default_factory=tuple)
     article: str | None = None
     positive_id: str | None = None
+    negative_ids: tuple[str, ...] = ()  # empty, or one id per negative

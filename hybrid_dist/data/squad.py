@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -225,7 +225,41 @@ def _field(obj, name: str, types, src: str, where: str):
 
 def read_squad_dir(directory: str | Path, languages: list[str] | None = None, bad: BadRecords | None = None,
                    max_chars: int = 0) -> dict[str, list[SquadArticle]]:
-    return {lang: read_squad_file(path, bad, max_chars) for lang, path in language_files(directory, languages).items()}
+    parsed = {lang: read_squad_file(path, bad, max_chars) for lang, path in language_files(directory, languages).items()}
+    return unify_titles(parsed)
+
+
+def unify_titles(parsed: dict[str, list[SquadArticle]]) -> dict[str, list[SquadArticle]]:
+    """Every article re-titled with one language-independent key: articles that share a question
+    id (the same article in two languages, whatever its titles) get the title the first of them
+    has, reading languages in sorted order. The split keys on titles, so a question can then never
+    train in one language and be held out in another."""
+    parent: dict[tuple[str, int], tuple[str, int]] = {}
+
+    def root(node):
+        while parent[node] != node:
+            parent[node] = parent[parent[node]]
+            node = parent[node]
+        return node
+
+    first_article_of: dict[str, tuple[str, int]] = {}
+    for lang in sorted(parsed):
+        for a_idx, article in enumerate(parsed[lang]):
+            node = parent.setdefault((lang, a_idx), (lang, a_idx))
+            for para in article.paragraphs:
+                for q in para.questions:
+                    other = first_article_of.setdefault(q.qid, node)
+                    a, b = root(node), root(other)
+                    if a != b:  # the earlier node stays the root: it names the article
+                        order = list(parent)
+                        if order.index(a) < order.index(b):
+                            parent[b] = a
+                        else:
+                            parent[a] = b
+    title = {node: parsed[root(node)[0]][root(node)[1]].title for node in parent}
+    return {lang: [a if a.title == title[(lang, i)] else replace(a, title=title[(lang, i)])
+                   for i, a in enumerate(articles)]
+            for lang, articles in parsed.items()}
 
 
 def article_order(parsed: dict[str, list[SquadArticle]]) -> list[str]:
@@ -259,14 +293,18 @@ def records_from_squad(
                     s_idx = q.answer_sentences[0]
                     sentence = para.sentences[s_idx]
                     positive = sentence if passage_text == "sentence" else f"{sentence}\n{para.context}"
-                    negatives: tuple[str, ...] = ()
+                    negatives: dict[str, str] = {}  # text -> id, first occurrence (texts repeat)
                     if max_hard_negatives > 0:
                         answer = set(q.answer_sentences)
-                        same_para = [s for i, s in enumerate(para.sentences) if i not in answer]
-                        others = [s for pi, _, s in article_sentences if pi != p_idx]
-                        negatives = tuple(dict.fromkeys(x for x in same_para + others if x != sentence))[:max_hard_negatives]
+                        same_para = [(f"{lang}/{a_idx}/{p_idx}/{i}", s) for i, s in enumerate(para.sentences)
+                                     if i not in answer]
+                        others = [(f"{lang}/{a_idx}/{pi}/{si}", s) for pi, si, s in article_sentences if pi != p_idx]
+                        for nid, text in same_para + others:
+                            if text != sentence and len(negatives) < max_hard_negatives:
+                                negatives.setdefault(text, nid)
                     records.append(ParallelRecord(
-                        group_id=q.qid, lang=lang, query=q.question, positive=positive, negatives=negatives,
+                        group_id=q.qid, lang=lang, query=q.question, positive=positive,
+                        negatives=tuple(negatives), negative_ids=tuple(negatives.values()),
                         article=article.title, positive_id=f"{lang}/{a_idx}/{p_idx}/{s_idx}",
                     ))
     return records

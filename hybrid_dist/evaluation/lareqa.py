@@ -31,7 +31,7 @@ import torch
 
 from hybrid_dist.data.records import DataError
 from hybrid_dist.data.split import ArticleSplit
-from hybrid_dist.data.squad import SquadArticle, article_order, language_files, read_squad_file
+from hybrid_dist.data.squad import SquadArticle, article_order, language_files, read_squad_file, unify_titles
 from hybrid_dist.evaluation.encode import encode_texts, model_fingerprint
 from hybrid_dist.evaluation.metrics import language_bias, nanmean, rank_metrics
 from hybrid_dist.evaluation.search import resolve_device
@@ -141,7 +141,7 @@ def _read_dir_memo(data_dir: Path, languages: list[str] | None) -> dict[str, lis
     if key not in _PARSE_MEMO:
         if len(_PARSE_MEMO) > 8:
             _PARSE_MEMO.clear()
-        _PARSE_MEMO[key] = {lang: read_squad_file(p) for lang, p in files.items()}
+        _PARSE_MEMO[key] = unify_titles({lang: read_squad_file(p) for lang, p in files.items()})
     return _PARSE_MEMO[key]
 
 
