@@ -11,6 +11,7 @@ import math
 import os
 import shutil
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -184,7 +185,7 @@ class Trainer:
             from tqdm.auto import tqdm
 
             progress = tqdm(total=cfg.train.max_steps, initial=self.step, desc="train", unit="step")
-        started, modes = time.time(), {"mono": 0, "cross": 0, "multilingual": 0}
+        started, modes = time.time(), Counter()  # step modes: mono, cross, xx, multilingual
         for micro_batches in loader:
             self.faults.hang_if("hang", self.step + 1)
             loss, grad_norm = self.train_step(micro_batches, self.step + 1)

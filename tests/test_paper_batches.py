@@ -586,3 +586,20 @@ def test_print_batches_cli(monkeypatch, xquad_dir):
     cfg = load_config(REPO / "configs" / "tiny.yaml", ["sampler.mode=cross"])
     expected = [json.loads(json.dumps(b, ensure_ascii=False)) for b in preview_batches(cfg, 3)]
     assert printed == expected
+
+
+def test_the_trainer_trains_on_the_batches_print_batches_shows(tmp_path, xquad_dir):
+    """A real 2-rank training run logs each step's global batch digest; they equal the digests of
+    the batches the preview's sampler draws for the same config, step for step (xx: a step mode
+    the trainer's own bookkeeping must know too)."""
+    from cpu_runs import DATA, REPO, batch_log, run
+
+    from hybrid_dist.batch_preview import build_sampler
+    from hybrid_dist.config import load_config
+
+    overrides = ["sampler.mode=xx", "train.max_steps=4", "train.save_every=0"]
+    out = tmp_path / "run"
+    run(2, out, *overrides)
+    cfg = load_config(REPO / "configs" / "tiny.yaml", [f"data.path={DATA}", *overrides])
+    _, sampler = build_sampler(cfg)
+    assert batch_log(out) == [(s + 1, sampler.batch(s).digest()) for s in range(4)]
