@@ -75,6 +75,35 @@ def test_article_split_is_disjoint_and_deterministic(xquad_dir):
     assert ArticleSplit("none").select(articles, "heldout") == set()
 
 
+
+def test_split_keys_on_a_language_independent_article(xquad_dir, tmp_path):
+    """With translated titles (a German copy of XQuAD-R whose titles are all German), every
+    question lands on the same side of the split in every language, the same side as with the
+    original titles, and the held-out evaluation selects the same questions."""
+    from hybrid_dist.evaluation.lareqa import load_lareqa
+
+    for lang in ("en", "de"):
+        doc = json.loads((xquad_dir / f"{lang}.json").read_text(encoding="utf-8"))
+        if lang == "de":
+            for i, article in enumerate(doc["data"]):
+                article["title"] = f"Artikel {i}: {article['title']} (übersetzt)"
+        write(tmp_path / f"{lang}.json", doc)
+    translated = DataConfig(path=str(tmp_path))
+    original = DataConfig(path=str(xquad_dir), languages=["en", "de"])
+    for part in ("train", "heldout"):
+        corpus = load_corpus(translated, part)
+        assert set(corpus.languages) == {"de", "en"}
+        assert all(set(row) == {"de", "en"} for row in corpus.table), "a question split across the two sides"
+        assert corpus.group_ids == load_corpus(original, part).group_ids
+    assert len(load_corpus(translated, "train").articles()) == 24
+    # hashing each language's own title would scatter a question's translations over both sides
+    hashed = DataConfig(path=str(tmp_path), split="hash", heldout_fraction=0.5)
+    train, held_out = load_corpus(hashed, "train"), load_corpus(hashed, "heldout")
+    assert all(set(row) == {"de", "en"} for row in train.table + held_out.table)
+    assert set(train.group_ids).isdisjoint(held_out.group_ids) and len(train) + len(held_out) == 1190
+    held = load_lareqa(tmp_path, part="heldout")
+    assert held.languages["de"].qids == held.languages["en"].qids == load_corpus(translated, "heldout").group_ids
+
 def test_split_sentences_fallback():
     text = "First one. Second one! Third? 第一句。第二句。"
     spans = split_sentences(text)
