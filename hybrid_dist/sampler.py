@@ -37,6 +37,9 @@ Mode = Literal["mono", "cross", "hybrid", "xx", "multilingual"]
 StepMode = Literal["mono", "cross", "xx", "multilingual"]
 MODES = ("mono", "cross", "hybrid", "xx", "multilingual")
 MAX_LANGUAGE_REDRAWS = 64  # a pair's languages are redrawn when no unused group has them
+# the batch sequence's definition: 2 = the paper's batch types with language-independent answer
+# identity (issue #14); a checkpoint of another version would resume on different batches
+SAMPLER_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,7 @@ class GlobalBatchSampler:
         self._lang_index = {lang: i for i, lang in enumerate(self.languages)}
         self._weight_list = [float(x) for x in self.weights]
         self._check_corpus_serves()
+        self._mixed_candidates = np.flatnonzero([len(langs) >= min(k, 2) for langs in corpus.group_languages])
         self.batch(0)  # a corpus that cannot fill a batch fails here, not at the first step
 
     def _check_corpus_serves(self) -> None:
@@ -146,8 +150,7 @@ class GlobalBatchSampler:
             candidates = self.corpus.lang_groups[lang]
             builder.fill(rng.permutation(candidates), self.batch_size, lambda: ([lang], [lang]), f"mono ({lang})")
         else:
-            candidates = np.flatnonzero([len(langs) >= min(self.k, 2) for langs in self.corpus.group_languages])
-            builder.fill(rng.permutation(candidates), self.batch_size // self.k,
+            builder.fill(rng.permutation(self._mixed_candidates), self.batch_size // self.k,
                          lambda: self._mixed_languages(rng, mode), mode)
         return GlobalBatch(step=step, mode=mode, pairs=tuple(builder.pairs))
 
@@ -201,13 +204,18 @@ class GlobalBatchSampler:
             yield self.batch(self.step - 1)
 
     def state_dict(self) -> dict:
-        return {"step": self.step, "seed": self.seed, "corpus": self.corpus.fingerprint(),
+        return {"step": self.step, "version": SAMPLER_VERSION, "seed": self.seed, "corpus": self.corpus.fingerprint(),
                 "mode": self.mode, "alpha": self.alpha, "batch_size": self.batch_size,
                 "translations_per_group": self.k, "num_negatives": self.num_negatives,
                 "smoothing": self.smoothing}
 
     def load_state_dict(self, state: dict) -> None:
         current = self.state_dict()
+        if state.get("version", 1) != SAMPLER_VERSION:
+            raise ValueError(f"this checkpoint was trained with sampler version {state.get('version', 1)} (before the "
+                             f"paper's batch types and cross-language false-negative filtering); this code draws "
+                             f"version {SAMPLER_VERSION} batches, so resuming would change the run's data. Start a new "
+                             f"run (another train.output_dir), or resume with the code that wrote it")
         for key in ("seed", "corpus", "mode", "alpha", "batch_size", "translations_per_group", "num_negatives",
                     "smoothing"):
             if state.get(key, current[key]) != current[key]:

@@ -183,6 +183,10 @@ def test_state_dict_round_trip():
     assert next(iter(resumed)) == next(it)
     with pytest.raises(ValueError, match="seed"):
         GlobalBatchSampler(corpus, 16, "hybrid", seed=10).load_state_dict(state)
+    # a checkpoint of the earlier sampler (no version) would resume on other batches
+    old = {k: v for k, v in state.items() if k != "version"}
+    with pytest.raises(ValueError, match="sampler version 1 .* resuming would change the run's data"):
+        GlobalBatchSampler(corpus, 16, "hybrid", seed=9, num_negatives=1).load_state_dict(old)
 
 
 def test_hard_negatives_are_drawn_from_the_passage_record():
