@@ -15,7 +15,8 @@ from typing import Any, Literal
 
 import yaml
 
-from hybrid_dist.config import Config, ConfigError, _coerce, _set_path, load_config, validate
+from hybrid_dist.config import Config, ConfigError, _coerce, _set_path, load_config
+from hybrid_dist.config import validate as validate_config
 
 #: distribution name -> number of arguments (None: a list of values)
 DISTRIBUTIONS = {"grid": None, "choice": None, "uniform": 2, "loguniform": 2, "quniform": 3,
@@ -101,7 +102,7 @@ def config_from_dict(tree: dict, overrides: list[str] | None = None) -> Config:
     for item in overrides or []:
         key, _, raw = item.partition("=")
         _set_path(cfg, key, yaml.safe_load(raw), f"override {item!r}")
-    validate(cfg, "trial config")
+    validate_config(cfg, "trial config")
     return cfg
 
 
