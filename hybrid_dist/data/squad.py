@@ -243,16 +243,17 @@ def unify_titles(parsed: dict[str, list[SquadArticle]]) -> dict[str, list[SquadA
         return node
 
     first_article_of: dict[str, tuple[str, int]] = {}
+    position: dict[tuple[str, int], int] = {}  # first-appearance order: the earlier root names the article
     for lang in sorted(parsed):
         for a_idx, article in enumerate(parsed[lang]):
             node = parent.setdefault((lang, a_idx), (lang, a_idx))
+            position.setdefault(node, len(position))
             for para in article.paragraphs:
                 for q in para.questions:
                     other = first_article_of.setdefault(q.qid, node)
                     a, b = root(node), root(other)
                     if a != b:  # the earlier node stays the root: it names the article
-                        order = list(parent)
-                        if order.index(a) < order.index(b):
+                        if position[a] < position[b]:
                             parent[b] = a
                         else:
                             parent[a] = b
