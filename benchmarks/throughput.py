@@ -40,6 +40,7 @@ SHAPES = {  # XLM-RoBERTa base / large, multilingual-e5-small's shape, and a toy
     "e5-small": dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=12, intermediate_size=1536),
     "toy": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256),
 }
+XLMR_VOCAB = 250_002  # XLM-RoBERTa's vocabulary (multilingual-e5's tokenizer)
 # (system, global batch, gradient-cache chunk) rows per preset
 PRESETS = {
     "gpu": dict(shapes=["base", "large"], batch=512, cached_batch=4096, chunk=256, steps=10, warmup=3),
@@ -75,7 +76,9 @@ def build_model_dir(shape: str, out: Path, max_length: int) -> tuple[Path, int]:
     from hybrid_dist.models.biencoder import BiEncoder
 
     tokenizer = AutoTokenizer.from_pretrained(import_e5.ensure_e5_checkpoint())
-    config = XLMRobertaConfig(vocab_size=len(tokenizer), max_position_embeddings=514, type_vocab_size=1,
+    # the full XLM-R table even when the tokenizer is a vocabulary-pruned one (the device bundle):
+    # the rows it lacks are never looked up, but they are trained and stepped like the real model's
+    config = XLMRobertaConfig(vocab_size=max(len(tokenizer), XLMR_VOCAB), max_position_embeddings=514, type_vocab_size=1,
                               pad_token_id=tokenizer.pad_token_id, **SHAPES[shape])
     torch.manual_seed(0)
     encoder = XLMRobertaModel(config, add_pooling_layer=False)

@@ -46,6 +46,9 @@ ARMS: dict[str, Arm] = {a.name: a for a in [
         {**_HYBRID, **_MLLOSS, "sampler.translations_per_group": 4}, budget_differs=("sampler.batch_size",)),
 ]}
 STUDY_ARMS = ["zero-shot", "xx-mono", "xy-cross", "hybrid", "multilingual", "hybrid-mlloss"]
+#: the order runs are made in, so that a study cut short leaves the most useful table: the first
+#: seed of these arms, then the further seeds, then the alpha sweep
+PRIORITY = ["zero-shot", "xx-mono", "xy-cross", "hybrid", "hybrid-mlloss", "recommended", "multilingual"]
 SWEEP_ALPHAS = [0.0, 0.25, 0.5, 0.75, 1.0]
 
 
@@ -117,8 +120,10 @@ def run_dir(out: Path, name: str, seed: int) -> Path:
 
 def plan(out: Path, arms: list[str], seeds: list[int], alphas: list[float], size: str = "gpu",
          user_overrides: list[str] | None = None) -> tuple[list[RunSpec], list[tuple[float, str]]]:
-    """Every run of the study, in order (arms first, then the sweep), and the sweep's points as
-    ``(alpha, run name)``. The sweep reuses the hybrid arm's runs where its alpha equals the arm's."""
+    """Every run of the study, in the order to run them, and the sweep's points as ``(alpha, run
+    name)``. Order: every arm's first seed (in :data:`PRIORITY` order), then the arms' further
+    seeds, then the sweep, seed by seed; so a study cut at any point has the widest table it
+    could. The sweep reuses the hybrid arm's runs where its alpha equals the arm's."""
     unknown = [a for a in arms if a not in ARMS]
     if unknown:
         raise ValueError(f"unknown arm(s) {unknown}; arms are {list(ARMS)}")
@@ -149,4 +154,11 @@ def plan(out: Path, arms: list[str], seeds: list[int], alphas: list[float], size
         points.append((alpha, name))
         for seed in seeds:
             add(name, BASE_ARM, seed, alpha)
-    return specs, points
+    rank = {name: i for i, name in enumerate(PRIORITY)}
+
+    def order(spec: RunSpec) -> tuple:
+        sweep_point = spec.alpha is not None
+        return (sweep_point, not sweep_point and spec.seed != seeds[0], seeds.index(spec.seed),
+                rank.get(spec.arm, len(rank)) if not sweep_point else spec.alpha)
+
+    return sorted(specs, key=order), points

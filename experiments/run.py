@@ -6,6 +6,13 @@ subprocess each, in order; then write table.md, summary.json, alpha_sweep.png, t
   python -m experiments.run --out DIR --size cpu                                # 2-core CPU preset
   python -m experiments.run --out DIR --arms zero-shot,hybrid --seeds 0 --no-sweep train.max_steps=5
 
+``--in-process`` makes every run in this one Python process instead (experiments/inprocess.py):
+the same trainer and the same numbers, without a new interpreter, data parse, model load and
+tokenization per run, and without the second evaluation for the heatmaps.
+
+Runs go in the order that leaves the most useful table when a study is cut short: every arm's
+first seed, then the further seeds, then the alpha sweep.
+
 Resumable: a run whose results.json exists is skipped (after checking that it was made with the
 same config), an interrupted one restarts from its last checkpoint (train.resume=auto), so the
 same command continues a study. ``--time-budget`` stops before a run that would not fit.
@@ -34,12 +41,13 @@ from experiments.summarize import (
     write_outputs,
     write_text_atomic,
 )
+from experiments.inprocess import StudySession, train_in_process, write_matrix
 from hybrid_dist.config import ConfigError, load_config, to_dict
 
 PREEMPTED = 75  # hybrid_dist.train's exit code after a preemption signal (checkpoint written)
 #: config keys that may differ between a finished run and the config that would run it now
 _FREE_KEYS = {"train.output_dir", "train.resume", "train.progress_bar", "train.log_every", "train.save_every",
-              "train.keep_last", "train.min_free_bytes"}
+              "train.keep_last", "train.min_free_bytes", "train.save_final"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -64,6 +72,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="start no run that would end after this many seconds (estimated from this invocation's "
                         "slowest run); rerun the same command to continue")
     p.add_argument("--stop-on-error", action="store_true", help="stop at the first failed run (default: go on)")
+    p.add_argument("--in-process", action="store_true",
+                   help="every run in this process (one GPU or the CPU): shared imports, data, model and "
+                        "tokenization; no checkpoints or saved models (train.save_every=0 train.save_final=false)")
+    p.add_argument("--steps", type=int, default=None, metavar="N",
+                   help="train.max_steps=N for every trained run, with optim.warmup_steps=N//10 (cuts a study to "
+                        "fit a time slot)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and the commands, run nothing")
     p.add_argument("--note", default="", help="a line for RUN.md (what this run is for)")
     p.add_argument("overrides", nargs="*", help="key=value config overrides for every run")
@@ -77,6 +91,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.seeds = list(SIZES[args.size].seeds)
     if args.no_sweep:
         args.alphas = []
+    if args.in_process and args.launcher.strip() != "python":
+        p.error("--in-process runs in this interpreter; it takes no --launcher")
+    if args.steps is not None:
+        if args.steps < 1:
+            p.error("--steps must be at least 1")
+        args.overrides = [f"train.max_steps={args.steps}", f"optim.warmup_steps={args.steps // 10}", *args.overrides]
+    if args.in_process and not args.keep_models:
+        args.overrides = ["train.save_every=0", "train.save_final=false", *args.overrides]
     return args
 
 
@@ -209,6 +231,8 @@ def render_run_md(invocations: list[dict], out: Path) -> str:
             f"- date: {inv['started']} to {inv.get('finished') or '(interrupted)'} (UTC)",
             f"- device: {dev['summary']}; {dev['platform']}, Python {dev['python']}, host {dev['host']}",
             f"- command (from the repository root): `{inv['command']}`",
+            "- runner: " + ("in-process (every run in one Python process; the heatmaps' X→Y matrices are the "
+                            "trainer's own evaluations)" if inv.get("in_process") else "one subprocess per run"),
             f"- size preset: `{inv['size']}` ({SIZES[inv['size']].description})",
             f"- preset overrides: `{' '.join(SIZES[inv['size']].overrides) or '(none)'}`",
             f"- command-line overrides: `{' '.join(inv.get('overrides') or []) or '(none)'}`",
@@ -273,7 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     history_path = out / "invocations.json"
     history = json.loads(history_path.read_text(encoding="utf-8")) if history_path.exists() else []
-    inv = {"started": _now(), "finished": None, "command": command, "size": args.size, "arms": args.arm_list,
+    inv = {"started": _now(), "finished": None, "command": command, "in_process": args.in_process,
+           "size": args.size, "arms": args.arm_list,
            "seeds": args.seeds, "alphas": args.alphas, "overrides": args.overrides, "note": args.note,
            "device": device_info(), "git": git_info(), "ran": [], "skipped": [], "failed": [], "stopped": None}
     history.append(inv)
@@ -288,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
 
     slowest = 0.0
     status = 0
+    session = StudySession() if args.in_process else None
     try:
         for i, spec in enumerate(specs, 1):
             d = spec.dir(out)
@@ -313,7 +339,11 @@ def main(argv: list[str] | None = None) -> int:
             d.mkdir(parents=True, exist_ok=True)
             _write_json(d / "run.json", meta)
             print(f"{label}: training ({shlex.join(train_command(args.launcher, spec)[1:4])} ...)", flush=True)
-            rc, wall = _run_logged(train_command(args.launcher, spec), d / "train.log")
+            evaluation = None
+            if session is not None:
+                rc, wall, evaluation = train_in_process(session, cfg, d / "train.log")
+            else:
+                rc, wall = _run_logged(train_command(args.launcher, spec), d / "train.log")
             record = {"name": spec.name, "seed": spec.seed, "rc": rc, "wall_s": wall}
             ok = rc == 0 and (d / "results.json").exists()
             if not ok:
@@ -330,7 +360,10 @@ def main(argv: list[str] | None = None) -> int:
                     inv["stopped"] = f"--stop-on-error: {spec.name} seed {spec.seed} failed"
                     break
                 continue
-            if needs_matrix:
+            if needs_matrix and session is not None and evaluation is not None:
+                write_matrix(evaluation, cfg, d / "eval")  # the trainer's own evaluation: no second one
+                record["eval_wall_s"] = 0.0
+            elif needs_matrix:
                 record["eval_wall_s"] = _matrix_eval(cfg, d, label)
             if not args.keep_models and not (needs_matrix and record.get("eval_wall_s") is None):
                 _remove_weights(d)

@@ -121,6 +121,8 @@ class TrainConfig:
     # longest text (no compute on padding; same embeddings); the gradient cache's chunks are always sorted
     length_group_size: int = 0
     compile: bool = False  # torch.compile the encoder (dynamic shapes)
+    # false: no final checkpoint and no <output_dir>/model (results.json only; e.g. a study's runs)
+    save_final: bool = True
 
 
 @dataclass

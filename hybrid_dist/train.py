@@ -51,6 +51,13 @@ def main(argv: list[str] | None = None) -> int:
         except BrokenPipeError:  # `| head`: the reader has what it wanted
             sys.stderr.close()
         return 0
+    code, _ = run(cfg)
+    return code
+
+
+def run(cfg, trainer_class=None):
+    """Train and evaluate one config in this process: ``(exit code, trainer or None)``, the exit
+    codes :func:`main` returns (also what an in-process study records per run)."""
     import transformers
 
     transformers.utils.logging.set_verbosity_error()
@@ -61,26 +68,26 @@ def main(argv: list[str] | None = None) -> int:
     from hybrid_dist.trainer import Trainer
 
     try:
-        trainer = Trainer(cfg)
+        trainer = (trainer_class or Trainer)(cfg)
     except (DataError, PreflightError, ValueError, ImportError, OSError) as e:
-        return _error(e, BAD_INPUT)
+        return _error(e, BAD_INPUT), None
     try:
         results = trainer.fit()
     except DataError as e:
-        return _error(e, BAD_INPUT)
+        return _error(e, BAD_INPUT), trainer
     except (TrainingDiverged, CheckpointError) as e:
-        return _error(e, STOPPED)
+        return _error(e, STOPPED), trainer
     if trainer.preempted:
         from hybrid_dist.preemption import PREEMPTED_EXIT_CODE
 
-        return PREEMPTED_EXIT_CODE
+        return PREEMPTED_EXIT_CODE, trainer
     if trainer.accelerator.is_main_process and results:
         from hybrid_dist.evaluation import format_results_table
 
         print()
         print(format_results_table(results))
         print(f"\nresults: {trainer.out / 'results.json'}")
-    return 0
+    return 0, trainer
 
 
 def _error(e: Exception, code: int) -> int:

@@ -47,7 +47,8 @@ STATE_FILE = ckpt.STATE_FILE
 BATCH_LOG = "batches.jsonl"
 # config keys a resume may change without a warning (where and how long, not what is trained)
 _RESUME_FREE_KEYS = {"train.resume", "train.output_dir", "train.max_steps", "train.progress_bar", "train.log_every",
-                     "train.save_every", "train.keep_last", "train.min_free_bytes", "eval.before_training"}
+                     "train.save_every", "train.keep_last", "train.min_free_bytes", "train.save_final",
+                     "eval.before_training"}
 
 
 def resolve_mixed_precision(choice: str) -> str:
@@ -83,13 +84,13 @@ class Trainer:
             for name in ("model", "best"):
                 ckpt.recover_dir(self.out / name)
 
-        bad = BadRecords(cfg.data.on_bad_record)
-        self.corpus = load_corpus(cfg.data, "train", bad)
-        if bad.count:
-            acc.print(f"data: {bad.summary()}")
+        self.corpus = self._load_corpus()
         self._check_evaluation_data()
         self.sampler = sampler_for(cfg, self.corpus)
         model = self._build_model()
+        # loading may draw random numbers (transformers initialises weights the checkpoint lacks);
+        # training's streams (dropout) start from the seed however the model was obtained
+        set_seed(cfg.train.seed)
         self._collective_check(lambda: self._check_free_space(model), main_only=True)  # before DDP exists (see close)
         self.dataset = StepDataset(self.corpus, self.sampler, model.text_tokenizer, acc.process_index,
                                    acc.num_processes, cfg.train.gradient_accumulation_steps)
@@ -116,27 +117,45 @@ class Trainer:
         self._closed = False
         self.step = 0
         self.results: dict[str, dict[str, float]] = {}
+        self.last_evaluation = None  # the newest held-out LareqaResult (the X->Y matrix, not only the summary)
         self.preempted = False
         signals = cfg.train.preemption_signals
         self.preemption = PreemptionWatcher(signals) if signals else None
 
     # ------------------------------------------------------------------ set-up
-    def _build_model(self) -> BiEncoder:
+    def _load_corpus(self):
+        bad = BadRecords(self.cfg.data.on_bad_record)
+        corpus = load_corpus(self.cfg.data, "train", bad)
+        if bad.count:
+            self.accelerator.print(f"data: {bad.summary()}")
+        return corpus
+
+    def _model_source(self) -> str | Path:
         m, acc = self.cfg.model, self.accelerator
         source = m.name_or_path
         if source and source.startswith(OFFLINE_PREFIX):
-            source = self._offline_checkpoint(source[len(OFFLINE_PREFIX):])
-        elif not source:
-            source = self.out / "init"
-            if acc.is_main_process and not (source / "config.json").exists():
-                texts = (t for row in self.corpus.table for r in row.values() for t in (r.query, r.positive))
-                build_scratch_encoder(m.scratch, texts, m.max_length, self.cfg.train.seed, source)
-            acc.wait_for_everyone()
-        model = BiEncoder.from_pretrained(
+            return self._offline_checkpoint(source[len(OFFLINE_PREFIX):])
+        if source:
+            return source
+        source = self.out / "init"
+        if acc.is_main_process and not (source / "config.json").exists():
+            texts = (t for row in self.corpus.table for r in row.values() for t in (r.query, r.positive))
+            build_scratch_encoder(m.scratch, texts, m.max_length, self.cfg.train.seed, source)
+        acc.wait_for_everyone()
+        return source
+
+    def _load_pretrained(self, source: str | Path) -> BiEncoder:
+        """The model as loaded, before training options apply (an in-process study reuses it)."""
+        m = self.cfg.model
+        return BiEncoder.from_pretrained(
             source, pooling=m.pooling, normalize=m.normalize, query_prefix=m.query_prefix,
             passage_prefix=m.passage_prefix, max_length=m.max_length,
-            **attention_kwargs(m.attn_implementation, acc.print),
+            **attention_kwargs(m.attn_implementation, self.accelerator.print),
         )
+
+    def _build_model(self) -> BiEncoder:
+        m = self.cfg.model
+        model = self._load_pretrained(self._model_source())
         if m.gradient_checkpointing:
             # non-reentrant: works with DDP, ZeRO and the gradient cache's repeated backward passes
             model.encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -230,11 +249,14 @@ class Trainer:
         if self.preempted:
             self.close()
             return self.results
-        if self.step and (not cfg.train.save_every or self.step % cfg.train.save_every):
+        if cfg.train.save_final and self.step and (not cfg.train.save_every or self.step % cfg.train.save_every):
             self.save_checkpoint()
-        self.save_model(self.out / "model")
+        if cfg.train.save_final:
+            self.save_model(self.out / "model")
         elapsed = time.time() - started
-        acc.print(f"trained to step {self.step} in {elapsed:.1f}s; model saved to {self.out / 'model'}")
+        acc.print(f"trained to step {self.step} in {elapsed:.1f}s"
+                  + (f"; model saved to {self.out / 'model'}" if cfg.train.save_final else " (train.save_final=false: "
+                     "no final checkpoint or model)"))
         if cfg.eval.after_training:
             summary = self.evaluate()
             self.results[f"step {self.step} (fine-tuned)"] = summary
@@ -353,6 +375,7 @@ class Trainer:
             # ZeRO-3's forwards are collective: every rank must encode the same batches
             shard_across_ranks=acc.num_processes > 1 and not self.driver.forward_is_collective,
         )
+        self.last_evaluation = result
         summary = dict(result.summary)
         acc.log({f"eval/{k}": v for k, v in summary.items()}, step=self.step)
         return summary

@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data" / "xquad-r"
+DATA = Path(os.environ.get("HYBRID_DIST_XQUAD_R") or REPO.parent / "shared" / "data" / "xquad-r")
 TIMEOUT = 300
 
 

@@ -1,5 +1,5 @@
 """The issue #9 study (experiments/): arm configs, the run plan, and the table / plot / summary
-writer on synthetic results files. Nothing here trains, except the test marked slow."""
+writer on synthetic results files. Nothing here trains, except the tests marked slow."""
 
 from __future__ import annotations
 
@@ -369,3 +369,47 @@ def test_runner_end_to_end_tiny(tmp_path, xquad_dir):
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
     assert again.returncode == 0 and again.stdout.count("done before, skipped") == 2
     assert "Invocation 2" in (out / "RUN.md").read_text()
+
+
+def _metrics(out: Path) -> dict:
+    runs = json.loads((out / "summary.json").read_text())["runs"]
+    return {(r["name"], r["seed"]): r["summary"] for r in runs}
+
+
+@pytest.mark.slow  # about 100 s; .ci/run runs it after the README command
+def test_in_process_runner_gives_the_subprocess_runners_numbers(tmp_path, xquad_dir):
+    """Three runs (zero-shot, then two trained arms from the same pretrained weights, dropout on)
+    with each runner: every held-out metric and the X->Y matrix agree within 1e-6, so sharing
+    the model, data and tokenization across runs changes nothing. Prints the wall-time ratio."""
+    import time
+
+    from tests.conftest import tiny_bert_dir
+
+    model = tiny_bert_dir(tmp_path / "tiny", dropout=0.1)
+    common = ["--size", "cpu", "--arms", "zero-shot,xx-mono,hybrid", "--seeds", "0", "--no-sweep",
+              f"model.name_or_path={model}", f"data.path={xquad_dir}", "data.languages=[en,de]", "model.max_length=32",
+              "train.max_steps=3", "optim.warmup_steps=1", "sampler.batch_size=8", "eval.batch_size=256"]
+    walls = {}
+    for name, extra in (("subprocess", []), ("in-process", ["--in-process"])):
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "experiments.run", "--out", str(tmp_path / name), *extra, *common],
+                              cwd=REPO, capture_output=True, text=True, timeout=900, check=False)
+        walls[name] = time.perf_counter() - t0
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    a, b = _metrics(tmp_path / "subprocess"), _metrics(tmp_path / "in-process")
+    assert set(a) == set(b) == {("zero-shot", 0), ("xx-mono", 0), ("hybrid", 0)}
+    for key in a:
+        assert a[key].keys() == b[key].keys()
+        for metric, value in a[key].items():
+            assert value == pytest.approx(b[key][metric], abs=1e-6), (key, metric)
+    assert a[("xx-mono", 0)]["multi_map"] != a[("zero-shot", 0)]["multi_map"]  # training changed the model
+    for name in ("xx-mono", "hybrid"):
+        ma = json.loads((A.run_dir(tmp_path / "subprocess", name, 0) / "eval" / "results.json").read_text())
+        mb = json.loads((A.run_dir(tmp_path / "in-process", name, 0) / "eval" / "results.json").read_text())
+        xa, xb = ma["results"]["xquad-r"]["matrix"]["map"], mb["results"]["xquad-r"]["matrix"]["map"]
+        assert all(xa[x][y] == pytest.approx(xb[x][y], abs=1e-6) for x in xa for y in xa[x])
+        # the in-process runs wrote no model or checkpoint (train.save_final=false)
+        d = A.run_dir(tmp_path / "in-process", name, 0)
+        assert not (d / "model").exists() and not (d / "checkpoints").exists()
+    print(f"\nwall time: subprocess runner {walls['subprocess']:.1f}s, in-process {walls['in-process']:.1f}s, "
+          f"ratio {walls['subprocess'] / walls['in-process']:.2f}")

@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 
-from tests.cpu_runs import REPO, environment, run, weights
+from tests.cpu_runs import DATA, REPO, environment, run, weights
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
@@ -51,7 +51,7 @@ def test_throughput_benchmark_runs_on_gpu(tmp_path):
     out = tmp_path / "t.json"
     proc = subprocess.run([sys.executable, "benchmarks/throughput.py", "--preset", "gpu", "--shapes", "toy",
                            "--batch", "64", "--cached-batch", "256", "--chunk", "64", "--steps", "2", "--warmup", "1",
-                           "--out", str(out)], cwd=REPO, env=environment(), capture_output=True, text=True, timeout=900)
+                           "--data", str(DATA), "--out", str(out)], cwd=REPO, env=environment(), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]
     assert len(rows) == 4 and all(r["pairs_per_s"] and r["peak_memory_gib"] > 0 for r in rows)

@@ -208,7 +208,7 @@ def test_build_is_atomic_and_replaces_incomplete(tmp_path, monkeypatch):
     out.mkdir()
     (out / "config.json").write_text("{}")  # an interrupted, older-style leftover: no marker
 
-    def failing_build(staging: Path):
+    def failing_build(staging: Path, source=None):
         staging.mkdir()
         (staging / "config.json").write_text("{}")
         raise RuntimeError("disk full")
@@ -221,7 +221,7 @@ def test_build_is_atomic_and_replaces_incomplete(tmp_path, monkeypatch):
 
     calls = []
 
-    def fake_build(staging: Path):
+    def fake_build(staging: Path, source=None):
         calls.append(staging)
         for name in REQUIRED_FILES:
             (staging / name).parent.mkdir(parents=True, exist_ok=True)

