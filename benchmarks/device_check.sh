@@ -62,7 +62,7 @@ if [ "$REHEARSE" = 1 ]; then
 else
     PYTEST_ARGS=(tests/test_gpu.py)
     THROUGHPUT_ARGS=(--preset gpu)
-    STUDY_ARGS=(--arms all,recommended --seeds 0 1 2 --steps "$STEPS")
+    STUDY_ARGS=(--arms all,recommended --seeds 0 1 2 --steps "$STEPS" eval.batch_size=256)
     T_TESTS=90; T_THROUGHPUT=170
 fi
 
