@@ -11,9 +11,12 @@ import sys
 import tarfile
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # about 2 min; .ci/run runs it after the README command
 def test_rehearsal_produces_the_complete_check(tmp_path, device_bundle):
     out = tmp_path / "out"
     env = dict(os.environ, REHEARSE="1", BUNDLE=str(device_bundle), PYTHON=sys.executable, TMPDIR=str(tmp_path))
