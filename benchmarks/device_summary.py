@@ -23,13 +23,18 @@ REQUIRED = ("stages.tsv", "environment.txt", "throughput.json", "study/table.md"
             "study/RUN.md", *(f"logs/{s}.log" for s in STAGES))
 
 
-def read_stages(work: Path) -> list[dict]:
+def parse_stages(text: str) -> list[dict]:
+    """stages.tsv: name, exit status (or "skipped"), seconds, command; one stage a line."""
     rows = []
-    path = work / "stages.tsv"
-    for line in path.read_text(encoding="utf-8").splitlines() if path.exists() else []:
+    for line in text.splitlines():
         name, status, seconds, command = (line.split("\t") + ["", "", ""])[:4]
         rows.append({"name": name, "status": status, "seconds": seconds, "command": command})
     return rows
+
+
+def read_stages(work: Path) -> list[dict]:
+    path = work / "stages.tsv"
+    return parse_stages(path.read_text(encoding="utf-8")) if path.exists() else []
 
 
 def throughput_table(work: Path) -> str:
@@ -68,12 +73,9 @@ def check(outdir: Path) -> list[str]:
         with tarfile.open(archive) as tar:
             members = {m.name.removeprefix("./") for m in tar.getmembers()}
             problems += [f"{archive}: no {name}" for name in REQUIRED if name not in members]
-            stages = tar.extractfile("./stages.tsv") if "stages.tsv" in members else None
-            if stages is not None:
-                for line in stages.read().decode().splitlines():
-                    name, status = line.split("\t")[:2]
-                    if status != "0":
-                        problems.append(f"stage {name} exited {status}")
+            if "stages.tsv" in members:
+                stages = parse_stages(tar.extractfile("./stages.tsv").read().decode())
+                problems += [f"stage {r['name']} exited {r['status']}" for r in stages if r["status"] != "0"]
     return problems
 
 

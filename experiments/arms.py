@@ -158,7 +158,6 @@ def plan(out: Path, arms: list[str], seeds: list[int], alphas: list[float], size
 
     def order(spec: RunSpec) -> tuple:
         sweep_point = spec.alpha is not None
-        return (sweep_point, not sweep_point and spec.seed != seeds[0], seeds.index(spec.seed),
-                rank.get(spec.arm, len(rank)) if not sweep_point else spec.alpha)
+        return (sweep_point, seeds.index(spec.seed), spec.alpha if sweep_point else rank.get(spec.arm, len(rank)))
 
     return sorted(specs, key=order), points

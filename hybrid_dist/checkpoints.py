@@ -49,14 +49,20 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def write_json_atomic(path: Path, obj) -> None:
+def write_bytes_atomic(path: Path, payload: bytes) -> None:
+    """Write ``payload`` to a temporary sibling, fsync it and rename it over ``path``: a reader
+    sees the old file or the whole new one, never a partial write."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(json.dumps(obj, indent=2, ensure_ascii=False))
+    with open(tmp, "wb") as f:
+        f.write(payload)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    write_bytes_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False).encode("utf-8"))
 
 
 def _files(directory: Path) -> dict[str, int]:

