@@ -24,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from hybrid_dist.checkpoints import write_bytes_atomic  # noqa: E402 - after the path insert
+from hybrid_dist.training.reliability.checkpoints import write_bytes_atomic  # noqa: E402 - after the path insert
 
 DATA_ARCHIVE = "xquad-r.tar.gz"
 DEFAULT_OUT = REPO / ".device-bundle"

@@ -83,7 +83,7 @@ def main(argv=None) -> int:
         model = BiEncoder.from_pretrained(args.model)
         name = Path(args.model).name
     else:
-        from hybrid_dist.evaluation.toy import tiny_biencoder
+        from toy_eval import tiny_biencoder
 
         rng = np.random.default_rng(0)
         model = tiny_biencoder([candidates[i] for i in rng.choice(len(candidates), size=min(3000, len(candidates)), replace=False)])

@@ -132,7 +132,7 @@ def _peak_memory_gib(device: torch.device) -> float:
 def hybrid_dist_trainer(model_dir: Path, batch: int, chunk: int, group: int, data: Path, out: Path,
                         max_length: int, attn: str):
     from hybrid_dist.config import load_config
-    from hybrid_dist.trainer import Trainer
+    from hybrid_dist.training.trainer import Trainer
 
     cfg = load_config(None, [
         f"model.name_or_path={model_dir}", f"model.max_length={max_length}", f"data.path={data}", f"sampler.batch_size={batch}",
@@ -146,11 +146,11 @@ def hybrid_dist_trainer(model_dir: Path, batch: int, chunk: int, group: int, dat
 
 def tokenized_steps(model_dir: Path, batch: int, args) -> list:
     """The batches hybrid_dist's trainer draws (same sampler, seed 0), tokenized, one process."""
-    from hybrid_dist.batches import StepDataset
+    from hybrid_dist.data.batches import StepDataset
     from hybrid_dist.config import load_config
     from hybrid_dist.data import load_corpus
     from hybrid_dist.models.biencoder import PrefixTokenizer
-    from hybrid_dist.sampler import GlobalBatchSampler
+    from hybrid_dist.data.sampler import GlobalBatchSampler
 
     cfg = load_config(None, [f"data.path={args.data}", f"sampler.batch_size={batch}", "sampler.mode=hybrid"])
     corpus = load_corpus(cfg.data, "train")

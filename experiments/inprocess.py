@@ -70,7 +70,7 @@ class StudySession:
         self.runs = 0
 
     def trainer_class(self):
-        from hybrid_dist.trainer import Trainer
+        from hybrid_dist.training.trainer import Trainer
 
         session = self
 

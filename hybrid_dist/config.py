@@ -158,7 +158,7 @@ REMOVED_KEYS = {
 
 def validate(cfg: Config, source: str = "config") -> None:
     """Settings that are wrong together, found at load time: one ``ConfigError`` naming the keys."""
-    from hybrid_dist.sampler import sampler_problems
+    from hybrid_dist.data.sampler import sampler_problems
 
     s = cfg.sampler
     problems = sampler_problems(s.mode, s.alpha, s.batch_size, s.translations_per_group, s.num_negatives)

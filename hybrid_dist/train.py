@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"config error: {e}", file=sys.stderr)
         return 2
     if args.print_batches is not None:
-        from hybrid_dist.batch_preview import print_batches
+        from hybrid_dist.data.preview import print_batches
 
         try:
             print_batches(cfg, args.print_batches)
@@ -62,10 +62,10 @@ def run(cfg, trainer_class=None):
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
-    from hybrid_dist.checkpoints import CheckpointError
-    from hybrid_dist.nonfinite import TrainingDiverged
-    from hybrid_dist.preflight import PreflightError
-    from hybrid_dist.trainer import Trainer
+    from hybrid_dist.training.reliability.checkpoints import CheckpointError
+    from hybrid_dist.training.reliability.nonfinite import TrainingDiverged
+    from hybrid_dist.training.reliability.preflight import PreflightError
+    from hybrid_dist.training.trainer import Trainer
 
     try:
         trainer = (trainer_class or Trainer)(cfg)
@@ -78,7 +78,7 @@ def run(cfg, trainer_class=None):
     except (TrainingDiverged, CheckpointError) as e:
         return _error(e, STOPPED), trainer
     if trainer.preempted:
-        from hybrid_dist.preemption import PREEMPTED_EXIT_CODE
+        from hybrid_dist.training.reliability.preemption import PREEMPTED_EXIT_CODE
 
         return PREEMPTED_EXIT_CODE, trainer
     if trainer.accelerator.is_main_process and results:

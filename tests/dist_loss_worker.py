@@ -65,7 +65,7 @@ def main(model_dir: str, loss_name: str, dtype_name: str, out_file: str, chunk_s
     k = NEGATIVES_PER_PAIR
     inputs = [rows(q, a, b), rows(p, a, b), rows(n, a * k, b * k)]
     if int(chunk_size):  # gradient cache: chunked re-encoding, DDP syncing only the last backward
-        from hybrid_dist.gradcache import cached_backward
+        from hybrid_dist.training.gradcache import cached_backward
 
         loss = cached_backward(model, make_loss(loss_name), inputs, (GROUPS[a:b], GROUPS[a:b]), int(chunk_size),
                                no_sync=model.no_sync)

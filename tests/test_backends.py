@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from tests.cpu_runs import REPO, run, weights
+from cpu_runs import REPO, run, weights
 
 deepspeed = pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (pip install -e '.[deepspeed]')")
 
@@ -107,7 +107,7 @@ def test_zero2_nonfinite_loss_skips_the_step(tmp_path):
 
 def test_launcher_configs_are_valid():
     """Every launcher parses, names a real backend, and the DeepSpeed ones leave clipping and batch
-    sizes to the training config (set by hybrid_dist.backends.configure_deepspeed)."""
+    sizes to the training config (set by hybrid_dist.training.backends.configure_deepspeed)."""
     from accelerate.commands.config.config_args import load_config_from_file
 
     seen = set()

@@ -7,7 +7,7 @@ import json
 import subprocess
 import sys
 
-from tests.cpu_runs import REPO, environment
+from cpu_runs import REPO, environment
 
 
 def test_throughput_benchmark_toy_run(tmp_path):

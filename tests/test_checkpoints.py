@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from cpu_runs import run
-from hybrid_dist import checkpoints as ckpt
-from hybrid_dist.faults import Fault, Faults, parse
-from hybrid_dist.nonfinite import NonFiniteSteps, TrainingDiverged, nonfinite_tensors
+from hybrid_dist.training.reliability import checkpoints as ckpt
+from hybrid_dist.training.reliability.faults import Fault, Faults, parse
+from hybrid_dist.training.reliability.nonfinite import NonFiniteSteps, TrainingDiverged, nonfinite_tensors
 
 
 def write_checkpoint(root, step: int, publish: bool = True):

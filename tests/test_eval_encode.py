@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from hybrid_dist.evaluation.encode import encode_texts, model_fingerprint, texts_hash
-from hybrid_dist.evaluation.toy import HashingEncoder, tiny_biencoder
+from toy_eval import HashingEncoder, tiny_biencoder
 
 TEXTS = [f"text number {i} with some words" for i in range(23)]
 

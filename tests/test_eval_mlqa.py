@@ -12,7 +12,7 @@ from hybrid_dist.data.split import ArticleSplit
 from hybrid_dist.evaluate import main
 from hybrid_dist.evaluation import build_lareqa, build_mlqa_r, evaluate_mlqa_r, load_lareqa, write_squad_dir
 from hybrid_dist.evaluation.lareqa import select_articles
-from hybrid_dist.evaluation.toy import HashingEncoder
+from toy_eval import HashingEncoder
 
 
 def _para(context, qas):

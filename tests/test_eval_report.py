@@ -21,7 +21,7 @@ from hybrid_dist.evaluation import (
     plot_heatmap,
     write_json,
 )
-from hybrid_dist.evaluation.toy import HashingEncoder, tiny_biencoder, write_toy_lareqa
+from toy_eval import HashingEncoder, tiny_biencoder, write_toy_lareqa
 
 XQUAD_R = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "xquad-r"
 needs_xquad_r = pytest.mark.skipif(not (XQUAD_R / "en.json").exists(), reason=f"XQuAD-R not found at {XQUAD_R}")

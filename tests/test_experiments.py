@@ -84,7 +84,7 @@ def test_arm_specific_settings():
 def test_multilingual_loss_arms_build_a_sampler(xquad_corpus):
     """The sampler accepts the arms' settings: k translations per question in X-Y steps, one pair
     per question in X-X-mono steps (one language cannot hold translations)."""
-    from hybrid_dist.sampler import GlobalBatchSampler
+    from hybrid_dist.data.sampler import GlobalBatchSampler
 
     for name in ("hybrid-mlloss", "recommended"):
         s = load_config(A.ARMS[name].config).sampler

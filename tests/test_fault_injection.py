@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from cpu_runs import batch_log, run, run_until_hung_then_kill, weights
-from hybrid_dist import checkpoints
+from hybrid_dist.training.reliability import checkpoints
 
 # 8 steps, a checkpoint every 2, deterministic kernels; tiny.yaml keeps dropout at 0.1, so the
 # per-rank dropout RNG has to be restored for the weights to come out bit-identical

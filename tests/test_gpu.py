@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 
-from tests.cpu_runs import DATA, REPO, environment, run, weights
+from cpu_runs import DATA, REPO, environment, run, weights
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from conftest import tiny_bert_dir
-from hybrid_dist.gradcache import RngState, cached_backward
-from hybrid_dist.length_groups import grouped_forward, padding_fraction, sort_by_length, split_trimmed
+from hybrid_dist.training.gradcache import RngState, cached_backward
+from hybrid_dist.training.length_groups import grouped_forward, padding_fraction, sort_by_length, split_trimmed
 from hybrid_dist.losses import InfoNCELoss, MultilingualContrastiveLoss
 from hybrid_dist.models.biencoder import BiEncoder
 

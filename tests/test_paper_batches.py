@@ -7,7 +7,7 @@ Every combination the config allows of
     hard negatives      off | data.max_hard_negatives=3 + sampler.num_negatives=1
 
 at global batch 128, seed 0, on the training part of XQuAD-R, is drawn through the public
-``hybrid_dist.batch_preview.preview_batches`` (the texts exactly as the tokenizer gets them) and
+``hybrid_dist.data.preview.preview_batches`` (the texts exactly as the tokenizer gets them) and
 checked step by step:
 
 * mono steps hold one language for the whole batch (query == passage language);
@@ -193,7 +193,7 @@ def preview(cfg, steps: int):
     """``batch_preview.preview_batches`` with the training corpus loaded once per data config: the
     26 combinations share two corpora (with and without hard negatives), and parsing XQuAD-R takes
     about a second. The CLI and determinism tests load fresh corpora."""
-    from hybrid_dist.batch_preview import batch_as_dict, sampler_for
+    from hybrid_dist.data.preview import batch_as_dict, sampler_for
     from hybrid_dist.data import load_corpus
 
     key = repr(cfg.data)
@@ -466,7 +466,7 @@ SHARDING_COMBOS = [Combo("cross", 1, False), Combo("hybrid", 4, True), Combo("mu
 
 @pytest.mark.parametrize("combo", SHARDING_COMBOS, ids=[c.id for c in SHARDING_COMBOS])
 def test_rank_slices_and_determinism(combo, xquad_dir):
-    from hybrid_dist.batch_preview import build_sampler, preview_batches
+    from hybrid_dist.data.preview import build_sampler, preview_batches
     from hybrid_dist.config import load_config
 
     cfg = load_config(None, combo.overrides(xquad_dir))
@@ -526,7 +526,7 @@ def test_language_smoothing_per_pair():
     0.13 / 0.07)."""
     from hybrid_dist.data.corpus import ParallelCorpus
     from hybrid_dist.data.records import ParallelRecord
-    from hybrid_dist.sampler import GlobalBatchSampler
+    from hybrid_dist.data.sampler import GlobalBatchSampler
 
     sizes = {"en": 400, "de": 200, "fr": 100, "sw": 50}
     records = [ParallelRecord(str(g), lang, f"q{g}-{lang}", f"p{g}-{lang}", positive_id=f"{lang}/{g}")
@@ -557,7 +557,7 @@ def _tree(path: Path) -> dict[str, float]:
 
 
 def test_print_batches_cli(monkeypatch, xquad_dir):
-    from hybrid_dist.batch_preview import preview_batches
+    from hybrid_dist.data.preview import preview_batches
     from hybrid_dist.config import load_config
 
     run_dir = REPO / "runs" / "tiny"
@@ -594,7 +594,7 @@ def test_the_trainer_trains_on_the_batches_print_batches_shows(tmp_path, xquad_d
     the trainer's own bookkeeping must know too)."""
     from cpu_runs import DATA, REPO, batch_log, run
 
-    from hybrid_dist.batch_preview import build_sampler
+    from hybrid_dist.data.preview import build_sampler
     from hybrid_dist.config import load_config
 
     overrides = ["sampler.mode=xx", "train.max_steps=4", "train.save_every=0"]

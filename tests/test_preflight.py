@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from cpu_runs import run
-from hybrid_dist.preflight import PreflightError, SpaceEstimate, check_free_space, check_writable
+from hybrid_dist.training.reliability.preflight import PreflightError, SpaceEstimate, check_free_space, check_writable
 
 
 def test_estimate_counts_weights_and_two_adamw_states():
@@ -90,7 +90,7 @@ def test_disk_filling_up_mid_run_stops_cleanly(tmpfs, xquad_dir):
     import time
 
     from cpu_runs import command, environment, worker_processes
-    from hybrid_dist import checkpoints
+    from hybrid_dist.training.reliability import checkpoints
 
     subprocess.run(["mount", "-o", "remount,size=4m", str(tmpfs)], check=True)
     out = tmpfs / "run"

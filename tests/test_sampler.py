@@ -6,7 +6,7 @@ import pytest
 
 from hybrid_dist.data.corpus import ParallelCorpus
 from hybrid_dist.data.records import ParallelRecord
-from hybrid_dist.sampler import GlobalBatchSampler
+from hybrid_dist.data.sampler import GlobalBatchSampler
 
 
 def synthetic_corpus(sizes=None, shared_every=0):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.cpu_runs import batch_log, run, weights
+from cpu_runs import batch_log, run, weights
 
 COMMON = ("model.scratch.dropout=0",)
 

@@ -296,7 +296,7 @@ def test_no_ray_processes_left(tiny_search):
 
 
 def test_publish_directory_is_all_or_nothing(tmp_path, monkeypatch):
-    from hybrid_dist import checkpoints
+    from hybrid_dist.training.reliability import checkpoints
     from hybrid_dist.tune import worker
 
     source = tmp_path / "local" / "checkpoint-step-00000020"

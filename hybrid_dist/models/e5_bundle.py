@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hybrid_dist.checkpoints import write_bytes_atomic
+from hybrid_dist.training.reliability.checkpoints import write_bytes_atomic
 from hybrid_dist.models import import_e5
 from hybrid_dist.models.import_e5 import _Q4_BLOCK, _DTYPE_Q4, QK, E5File, read_e5_file
 

@@ -9,7 +9,7 @@ import os
 import shutil
 from pathlib import Path
 
-from hybrid_dist import checkpoints
+from hybrid_dist.training.reliability import checkpoints
 from hybrid_dist.tune.spec import config_from_dict
 
 FAULT_MARKER = "injected-failure.done"
@@ -116,7 +116,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
-    from hybrid_dist.trainer import Trainer
+    from hybrid_dist.training.trainer import Trainer
 
     cfg = config_from_dict(loop_config["config"])
     work = Path(loop_config["work_dir"])

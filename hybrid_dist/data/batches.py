@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 
 from hybrid_dist.data.corpus import ParallelCorpus
 from hybrid_dist.models.biencoder import PrefixTokenizer
-from hybrid_dist.sampler import GlobalBatchSampler, Pair
+from hybrid_dist.data.sampler import GlobalBatchSampler, Pair
 
 
 @dataclass

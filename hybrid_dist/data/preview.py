@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 from hybrid_dist.config import Config
 from hybrid_dist.data import ParallelCorpus, load_corpus
-from hybrid_dist.sampler import GlobalBatch, GlobalBatchSampler
+from hybrid_dist.data.sampler import GlobalBatch, GlobalBatchSampler
 
 
 def sampler_for(cfg: Config, corpus: ParallelCorpus) -> GlobalBatchSampler:

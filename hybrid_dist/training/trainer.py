@@ -1,7 +1,7 @@
 """The training recipe: data -> sampler -> model -> loss -> optimizer, under Accelerate.
 
 One ``Trainer(cfg).fit()`` runs on CPU, one GPU or many nodes; Accelerate supplies the backend
-(DDP, DeepSpeed ZeRO-2/3 or FSDP through a launcher config; see hybrid_dist.backends)."""
+(DDP, DeepSpeed ZeRO-2/3 or FSDP through a launcher config; see hybrid_dist.training.backends)."""
 
 from __future__ import annotations
 
@@ -21,24 +21,24 @@ from transformers import (
     get_linear_schedule_with_warmup,
 )
 
-from hybrid_dist import checkpoints as ckpt
-from hybrid_dist import preflight, rng
-from hybrid_dist.backends import StepDriver, build_accelerator, configure_deepspeed
-from hybrid_dist.batches import MicroBatch, StepDataset, step_loader
-from hybrid_dist.checkpoints import CheckpointError
+from hybrid_dist.training.reliability import checkpoints as ckpt
+from hybrid_dist.training.reliability import preflight, rng
+from hybrid_dist.training.backends import StepDriver, build_accelerator, configure_deepspeed
+from hybrid_dist.data.batches import MicroBatch, StepDataset, step_loader
+from hybrid_dist.training.reliability.checkpoints import CheckpointError
 from hybrid_dist.config import Config, save_config, to_dict
 from hybrid_dist.data import BadRecords, load_corpus
 from hybrid_dist.distributed import all_true
-from hybrid_dist.faults import Faults
-from hybrid_dist.gradcache import cached_backward
-from hybrid_dist.length_groups import grouped_forward
+from hybrid_dist.training.reliability.faults import Faults
+from hybrid_dist.training.gradcache import cached_backward
+from hybrid_dist.training.length_groups import grouped_forward
 from hybrid_dist.losses import build_loss
 from hybrid_dist.models.biencoder import BiEncoder
 from hybrid_dist.models.scratch import build_scratch_encoder
-from hybrid_dist.nonfinite import NonFiniteSteps, TrainingDiverged, nonfinite_tensors
-from hybrid_dist.preemption import PreemptionWatcher
-from hybrid_dist.preflight import PreflightError
-from hybrid_dist.batch_preview import sampler_for
+from hybrid_dist.training.reliability.nonfinite import NonFiniteSteps, TrainingDiverged, nonfinite_tensors
+from hybrid_dist.training.reliability.preemption import PreemptionWatcher
+from hybrid_dist.training.reliability.preflight import PreflightError
+from hybrid_dist.data.preview import sampler_for
 
 CHECKPOINT_PREFIX = ckpt.PREFIX
 OFFLINE_PREFIX = "offline:"

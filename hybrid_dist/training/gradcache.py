@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from hybrid_dist.length_groups import sort_by_length, split_trimmed, unsort
+from hybrid_dist.training.length_groups import sort_by_length, split_trimmed, unsort
 
 Features = dict[str, torch.Tensor]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hybrid_dist.checkpoints import CheckpointError
+from hybrid_dist.training.reliability.checkpoints import CheckpointError
 
 
 def state_file(checkpoint: Path, rank: int) -> Path:
