@@ -24,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from hybrid_dist.training.reliability.checkpoints import write_bytes_atomic  # noqa: E402 - after the path insert
+from hybrid_dist.atomic import write_bytes  # noqa: E402 - after the path insert
 
 DATA_ARCHIVE = "xquad-r.tar.gz"
 DEFAULT_OUT = REPO / ".device-bundle"
@@ -39,7 +39,7 @@ def pack_data(data: Path, archive: Path) -> int:
             payload = path.read_bytes()
             info.size, info.mtime, info.mode = len(payload), 0, 0o644
             tar.addfile(info, io.BytesIO(payload))
-    write_bytes_atomic(archive, buf.getvalue())
+    write_bytes(archive, buf.getvalue())
     return archive.stat().st_size
 
 
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     data_bytes = pack_data(args.data, args.out / DATA_ARCHIVE)
     sizes = {str(p.relative_to(args.out)): p.stat().st_size for p in sorted(args.out.rglob("*")) if p.is_file()}
-    write_bytes_atomic(args.out / "sizes.json", (json.dumps(sizes, indent=1) + "\n").encode("utf-8"))
+    write_bytes(args.out / "sizes.json", (json.dumps(sizes, indent=1) + "\n").encode("utf-8"))
     total = sum(sizes.values())
     print(f"{args.out}: {total / 2**20:.1f} MiB in {time.perf_counter() - t0:.0f}s; vocabulary "
           f"{manifest['vocab_size']:,} of {manifest['original_vocab_size']:,} pieces; data {data_bytes / 2**20:.1f} MiB")

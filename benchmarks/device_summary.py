@@ -16,6 +16,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from hybrid_dist import atomic  # noqa: E402 - after the path insert
 
 STAGES = ("environment", "model", "gpu-tests", "throughput", "study")
 #: what the tarball must hold for a check to count as complete
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"device check incomplete: {problem}", file=sys.stderr)
         return 1 if problems else 0
     work, out = args.paths
-    out.write_text(render(work, args.budget, args.elapsed), encoding="utf-8")
+    atomic.write_text(out, render(work, args.budget, args.elapsed))
     return 0
 
 

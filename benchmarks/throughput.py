@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
-import json
 import platform
 import resource
 import sys
@@ -33,6 +32,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from hybrid_dist import atomic  # noqa: E402 - after the path insert
 
 SHAPES = {  # XLM-RoBERTa base / large, multilingual-e5-small's shape, and a toy for CPU
     "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
@@ -303,10 +303,7 @@ def main(argv=None) -> int:
     table = markdown(rows, info)
     print(table)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp_out = args.out.with_suffix(".tmp")
-        tmp_out.write_text(json.dumps({"info": info, "rows": [asdict(r) for r in rows]}, indent=2) + "\n")
-        tmp_out.replace(args.out)
+        atomic.write_json(args.out, {"info": info, "rows": [asdict(r) for r in rows]})
     return 0
 
 

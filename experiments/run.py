@@ -35,13 +35,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from experiments.arms import SIZES, STUDY_ARMS, SWEEP_ALPHAS, RunSpec, plan
-from experiments.summarize import (
-    final_summary,
-    write_json_atomic,
-    write_outputs,
-    write_text_atomic,
-)
+from experiments.summarize import final_summary, write_outputs
 from experiments.inprocess import StudySession, train_in_process, write_matrix
+from hybrid_dist import atomic
 from hybrid_dist.config import ConfigError, load_config, to_dict
 
 PREEMPTED = 75  # hybrid_dist.train's exit code after a preemption signal (checkpoint written)
@@ -170,7 +166,7 @@ def _now() -> str:
 
 
 def _write_json(path: Path, obj) -> None:
-    write_json_atomic(path, obj)
+    atomic.write_json(path, obj, indent=1, clean=True)
 
 
 def device_info() -> dict:
@@ -309,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         inv["wall_s"] = time.time() - t0
         _write_json(history_path, history)
         write_outputs(out)  # header, sweep and context from invocations.json
-        write_text_atomic(out / "RUN.md", render_run_md(history, out))
+        atomic.write_text(out / "RUN.md", render_run_md(history, out))
 
     slowest = 0.0
     status = 0

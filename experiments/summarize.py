@@ -14,14 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import re
 import sys
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
 from experiments.arms import ARMS, BASE_ARM
+from hybrid_dist import atomic
 from hybrid_dist.evaluation.report import plot_heatmap
 
 FORMAT = "hybrid_dist.experiments/1"
@@ -34,63 +33,6 @@ RECALL_COLUMNS = tuple((f"{fam.capitalize()} {m}", f"{fam}_{k}") for m, k in (("
 SWEEP_METRICS = ("mono_map", "cross_map", "multi_map")
 BEST_METRIC = "multi_map"  # picks the arm whose heatmap is drawn next to the zero-shot one
 _STEP_KEY = re.compile(r"^step (\d+)")
-
-
-# ----------------------------------------------------------------------------- atomic files
-
-
-def _publish(tmp: str | Path, path: Path) -> None:
-    """Give the finished temporary file ordinary permissions (mkstemp makes it 0600) and rename it."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
-
-
-def _clean(obj):
-    """NaN and infinity -> None (JSON has neither)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    return obj
-
-
-def write_json_atomic(path: Path, obj) -> Path:
-    return write_text_atomic(path, json.dumps(_clean(obj), indent=1, ensure_ascii=False, allow_nan=False) + "\n")
-
-
-def write_text_atomic(path: Path, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        _publish(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _atomic_png(path: Path, draw) -> Path:
-    """``draw(tmp_path)`` writes a PNG (matplotlib infers the format from the suffix); renamed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        draw(Path(tmp))
-        _publish(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 # ----------------------------------------------------------------------------- reading runs
@@ -293,7 +235,7 @@ def plot_alpha_sweep(agg: dict, sweep: list[tuple[float, str]], path: Path, titl
         fig.savefig(tmp, dpi=120)
 
     try:
-        return _atomic_png(path, draw)
+        return atomic.write_with(path, draw)
     finally:
         plt.close(fig)
 
@@ -348,7 +290,7 @@ def write_outputs(out: Path, sweep: list[tuple[float, str]] | None = None, heade
         if run is None:
             continue
         png = out / f"heatmap_{name}.png"
-        _atomic_png(png, lambda tmp, r=run, n=name: plot_heatmap(
+        atomic.write_with(png, lambda tmp, r=run, n=name: plot_heatmap(
             r["eval"], tmp, title=f"{n} (seed {r['seed']}): held-out X→Y mAP"))
         heatmaps[name] = {"file": png.name, "seed": run["seed"], "run": run["dir"]}
     for stale in out.glob("heatmap_*.png"):  # a previous best arm's
@@ -375,8 +317,8 @@ def write_outputs(out: Path, sweep: list[tuple[float, str]] | None = None, heade
             "matrix_map": r["eval"]["matrix"]["map"] if r["eval"] else None} for r in runs],
         **(extra or {}),
     }
-    write_json_atomic(out / "summary.json", summary)
-    write_text_atomic(out / "table.md", format_table(agg, sweep, header))
+    atomic.write_json(out / "summary.json", summary, indent=1, clean=True)
+    atomic.write_text(out / "table.md", format_table(agg, sweep, header))
     return summary
 
 

@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 import yaml
 
+from hybrid_dist import atomic
+
 
 class ConfigError(ValueError):
     pass
@@ -188,13 +190,30 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"{where}: invalid YAML: {getattr(e, 'problem', e)}") from None
         if node is not None:
             _apply_node(cfg, node, str(path), prefix="")
-    for item in overrides or []:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override {item!r}: expected key=value, e.g. sampler.alpha=0.25")
-        _set_path(cfg, key.strip(), yaml.safe_load(raw) if raw.strip() else None, f"override {item!r}")
+    apply_overrides(cfg, overrides or [])
     validate(cfg, str(path) if path is not None else "config")
     return cfg
+
+
+def apply_overrides(obj, overrides: list[str]):
+    """``key=value`` items (values read as YAML: ``sampler.alpha=0.25``, ``data.languages=[en,de]``)
+    applied in place to ``obj`` (a Config, or any config dataclass); returns it."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r}: expected key=value, e.g. sampler.alpha=0.25")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: invalid YAML value: {getattr(e, 'problem', e)}") from None
+        _set_path(obj, key.strip(), value, f"override {item!r}")
+    return obj
+
+
+def from_dict(tree: dict, cls: type = None, source: str = "config"):
+    """The dataclass ``cls`` (default: Config) from a plain tree (``to_dict`` output, parsed JSON or
+    YAML), with the same type checks and messages as a YAML file. Not validated: call ``validate``."""
+    return _coerce(tree, cls or Config, source)
 
 
 def _apply_node(obj: Any, node: yaml.MappingNode, source: str, prefix: str) -> None:
@@ -293,5 +312,38 @@ def to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
 
 
+def flatten(cfg: Config | dict) -> dict[str, Any]:
+    """Dotted keys -> values (``{"sampler.alpha": 0.5, "data.hf_columns": {...}}``): sections are
+    walked, dict-valued fields stay whole. Accepts a Config or a saved ``to_dict`` tree."""
+    tree = to_dict(cfg) if dataclasses.is_dataclass(cfg) else cfg
+    flat: dict[str, Any] = {}
+
+    def walk(node: dict, cls: type | None, prefix: str) -> None:
+        hints = typing.get_type_hints(cls) if cls is not None else {}
+        for key, value in node.items():
+            sub = hints.get(key)
+            section = dataclasses.is_dataclass(sub) or (sub is None and cls is not None and isinstance(value, dict))
+            if isinstance(value, dict) and section:
+                walk(value, sub if dataclasses.is_dataclass(sub) else None, f"{prefix}{key}.")
+            else:
+                flat[f"{prefix}{key}"] = value
+
+    walk(tree, Config, "")
+    return flat
+
+
+#: where a run writes and how it reports: the same training with other values here is the same run
+OUTPUT_KEYS = frozenset({"train.output_dir", "train.resume", "train.progress_bar", "train.log_every",
+                         "train.save_every", "train.keep_last", "train.min_free_bytes", "train.save_final"})
+#: what a resume may also change (how long, whether to evaluate first) without training something else
+RESUME_FREE_KEYS = OUTPUT_KEYS | {"train.max_steps", "eval.before_training"}
+
+
+def differences(old: Config | dict, new: Config | dict, ignore: frozenset[str] = frozenset()) -> list[tuple[str, Any, Any]]:
+    """``(key, old value, new value)`` for every dotted key that differs, except ``ignore``."""
+    a, b = flatten(old), flatten(new)
+    return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if k not in ignore and a.get(k) != b.get(k)]
+
+
 def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True), encoding="utf-8")
+    atomic.write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True))

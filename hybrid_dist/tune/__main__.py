@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+from hybrid_dist import atomic
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="hybrid_dist.tune", description=__doc__,
@@ -67,9 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         ray.shutdown()
     out = Path(paths["results"])
     tables = res.write_tables(rows, spec, out)
-    (out / "search.json").write_text(json.dumps({**search_summary(spec), "paths": paths,
-                                                 "address": args.address, "wall_s": round(time.time() - started, 1)},
-                                                indent=2, default=str))
+    atomic.write_text(out / "search.json", json.dumps({**search_summary(spec), "paths": paths, "address": args.address,
+                                                      "wall_s": round(time.time() - started, 1)}, indent=2, default=str))
     best = res.best_row(rows, spec.metric_mode)
     plot = res.plot_alpha(rows, spec, out / "alpha-plot.png")
     print()

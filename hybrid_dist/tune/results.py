@@ -5,6 +5,7 @@ per learning-rate bucket. Works on plain rows, so it is usable without Ray."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from hybrid_dist import atomic
 from hybrid_dist.config import to_dict
 from hybrid_dist.tune.spec import SearchSpec
 
@@ -86,13 +88,14 @@ def write_tables(rows: list[dict], spec: SearchSpec, out: Path) -> dict[str, Pat
     md = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
     md += ["| " + " | ".join(str(c) for c in row) + " |" for row in table]
     paths = {"markdown": out / "trials.md", "csv": out / "trials.csv", "json": out / "trials.json"}
-    paths["markdown"].write_text("\n".join(md) + "\n", encoding="utf-8")
-    with paths["csv"].open("w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(table)
-    paths["json"].write_text(json.dumps({"metric": spec.metric, "mode": spec.metric_mode, "trials": rows},
-                                        indent=2, default=str), encoding="utf-8")
+    atomic.write_text(paths["markdown"], "\n".join(md) + "\n")
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    writer.writerows(table)
+    atomic.write_text(paths["csv"], buffer.getvalue())
+    atomic.write_text(paths["json"], json.dumps({"metric": spec.metric, "mode": spec.metric_mode, "trials": rows},
+                                                indent=2, default=str) + "\n")
     return paths
 
 
@@ -109,8 +112,7 @@ def write_best_config(row: dict, spec: SearchSpec, path: Path, output_dir: str) 
     head = (f"# Best trial of the search {spec.name!r} ({spec.source}): {row['trial_id']}, "
             f"{spec.metric}={_fmt(row['metric'])} at step {row['step']}\n"
             f"# sampled: {values}\n# train it: python -m hybrid_dist.train --config {path.name}\n")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(head + yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True), encoding="utf-8")
+    atomic.write_text(path, head + yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True))
     return path
 
 

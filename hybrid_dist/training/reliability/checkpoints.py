@@ -14,6 +14,8 @@ import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
+from hybrid_dist.atomic import fsync_path, write_json
+
 PREFIX = "step-"
 TMP_PREFIX = ".tmp-"
 STATE_FILE = "trainer_state.json"
@@ -36,35 +38,6 @@ def step_of(path: Path) -> int:
     return int(path.name[len(PREFIX):])
 
 
-# ---------------------------------------------------------------------- durable writes
-
-
-def fsync_path(path: Path) -> None:
-    """Flush a file's or a directory's entries to the disk (a rename is durable only after the
-    directory holding it is synced)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_bytes_atomic(path: Path, payload: bytes) -> None:
-    """Write ``payload`` to a temporary sibling, fsync it and rename it over ``path``: a reader
-    sees the old file or the whole new one, never a partial write."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(payload)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    write_bytes_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False).encode("utf-8"))
-
-
 def _files(directory: Path) -> dict[str, int]:
     return {str(p.relative_to(directory)): p.stat().st_size
             for p in sorted(directory.rglob("*")) if p.is_file() and p.name != MANIFEST}
@@ -75,7 +48,7 @@ def publish(tmp: Path, final: Path) -> None:
     files = _files(tmp)
     for name in files:
         fsync_path(tmp / name)
-    write_json_atomic(tmp / MANIFEST, {"files": files})
+    write_json(tmp / MANIFEST, {"files": files})
     fsync_path(tmp)
     if final.exists():  # the same step written again (a resumed run): the new copy wins
         shutil.rmtree(final)
