@@ -21,6 +21,7 @@ from transformers import (
     get_linear_schedule_with_warmup,
 )
 
+from hybrid_dist import atomic
 from hybrid_dist.training.reliability import checkpoints as ckpt
 from hybrid_dist.training.reliability import preflight, rng
 from hybrid_dist.training.backends import StepDriver, build_accelerator, configure_deepspeed
