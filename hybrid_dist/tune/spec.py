@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import yaml
 
-from hybrid_dist.config import Config, ConfigError, _coerce, _set_path, load_config
+from hybrid_dist.config import Config, ConfigError, apply_overrides, from_dict, load_config
 from hybrid_dist.config import validate as validate_config
 
 #: distribution name -> number of arguments (None: a list of values)
@@ -98,10 +98,7 @@ def override(key: str, value: Any) -> str:
 
 def config_from_dict(tree: dict, overrides: list[str] | None = None) -> Config:
     """A Config from ``to_dict`` output (what travels to Ray workers), then ``key=value`` overrides."""
-    cfg = _coerce(tree, Config, "trial config")
-    for item in overrides or []:
-        key, _, raw = item.partition("=")
-        _set_path(cfg, key, yaml.safe_load(raw), f"override {item!r}")
+    cfg = apply_overrides(from_dict(tree, Config, "trial config"), overrides or [])
     validate_config(cfg, "trial config")
     return cfg
 
@@ -143,7 +140,7 @@ def load_search(path: str | Path, overrides: list[str] | None = None) -> SearchS
         if not isinstance(tree[key], dict):
             raise ConfigError(f"{path}: {key}: expected a mapping of training keys")
     fixed, space = tree.pop("overrides"), tree.pop("space")
-    spec = _coerce(tree, SearchSpec, str(path))
+    spec = from_dict(tree, SearchSpec, str(path))
     spec.overrides, spec.space, spec.source = fixed, space, str(path)
     validate(spec)
     return spec
