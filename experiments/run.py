@@ -38,12 +38,9 @@ from experiments.arms import SIZES, STUDY_ARMS, SWEEP_ALPHAS, RunSpec, plan
 from experiments.summarize import final_summary, write_outputs
 from experiments.inprocess import StudySession, train_in_process, write_matrix
 from hybrid_dist import atomic
-from hybrid_dist.config import ConfigError, load_config, to_dict
+from hybrid_dist.config import OUTPUT_KEYS, ConfigError, differences, load_config, to_dict
 
 PREEMPTED = 75  # hybrid_dist.train's exit code after a preemption signal (checkpoint written)
-#: config keys that may differ between a finished run and the config that would run it now
-_FREE_KEYS = {"train.output_dir", "train.resume", "train.progress_bar", "train.log_every", "train.save_every",
-              "train.keep_last", "train.min_free_bytes", "train.save_final"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -101,20 +98,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # ----------------------------------------------------------------------------- helpers
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, dict) and k != "hf_columns":
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def config_differences(saved: dict, wanted: dict) -> list[str]:
-    a, b = _flat(saved), _flat(wanted)
-    return [f"{k}: {a.get(k)!r} (on disk) vs {b.get(k)!r}" for k in sorted(set(a) | set(b))
-            if k not in _FREE_KEYS and a.get(k) != b.get(k)]
+    """What differs between a finished run's config and the one that would run it now, except
+    where a run writes and how it reports (config.OUTPUT_KEYS): one line per key."""
+    return [f"{k}: {a!r} (on disk) vs {b!r}" for k, a, b in differences(saved, wanted, OUTPUT_KEYS)]
 
 
 def train_command(launcher: str, spec: RunSpec) -> list[str]:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from hybrid_dist.config import flatten as flat
 from hybrid_dist.config import load_config, to_dict
 
 REPO = Path(__file__).resolve().parents[1]
@@ -19,7 +20,6 @@ if str(REPO) not in sys.path:  # experiments/ is not an installed package: plain
 
 from experiments import arms as A
 from experiments import summarize as S
-from experiments.run import _flat as flat
 from experiments.run import config_differences, eval_command, parse_args, train_command
 
 
@@ -63,6 +63,46 @@ def test_arms_differ_from_hybrid_only_in_their_pinned_fields():
         expected = {k for k, v in arm.pinned.items() if base[k] != v} | set(arm.budget_differs)
         assert differing == expected, name
         assert cfg["train.output_dir"] == f"runs/experiments/{name}"
+
+
+def test_generated_arm_configs_are_in_sync():
+    """Every arm file but the base is generated from hybrid.yaml and ARMS (python -m experiments.arms)."""
+    assert A.stale_configs() == []
+    assert A.main(["--check"]) == 0
+
+
+#: experiments/configs/hybrid.yaml before the arm files were generated (commit 2627140), comments left out
+OLD_HYBRID_YAML = """\
+model: {name_or_path: offline:multilingual-e5-small, pooling: mean, max_length: 128}
+data: {format: squad_dir, path: ../shared/data/xquad-r, languages: null, passage_text: sentence, split: parity}
+sampler: {mode: hybrid, alpha: 0.5, batch_size: 128, smoothing: 1.0, translations_per_group: 1}
+loss: {name: infonce, temperature: 0.05}
+optim: {lr: 3.0e-5, weight_decay: 0.01, warmup_steps: 20, scheduler: linear, max_grad_norm: 1.0}
+train: {output_dir: runs/experiments/hybrid, max_steps: 200, seed: 0, save_every: 100, keep_last: 1, log_every: 10}
+eval: {before_training: false, after_training: true, every_steps: 0, part: heldout, candidate_context: false,
+       batch_size: 128}
+"""
+#: how each hand-written arm file of that commit differed from it
+OLD_ARM_DIFFERENCES = {
+    "zero-shot": {"train.max_steps": 0, "eval.before_training": True, "eval.after_training": False},
+    "xx-mono": {"sampler.mode": "mono"},
+    "xy-cross": {"sampler.mode": "cross"},
+    "hybrid": {},
+    "multilingual": {"sampler.mode": "multilingual"},
+    "hybrid-mlloss": {"sampler.translations_per_group": 2, "loss.name": "multilingual"},
+    "recommended": {"sampler.batch_size": 256, "sampler.translations_per_group": 4, "loss.name": "multilingual"},
+}
+
+
+def test_arm_configs_resolve_as_the_hand_written_files_did(tmp_path):
+    """Generating the arm files changed no setting: each resolves to the Config its hand-written
+    file gave, so finished runs of a study still match (experiments.run compares their configs)."""
+    old = tmp_path / "hybrid.yaml"
+    old.write_text(OLD_HYBRID_YAML)
+    assert set(OLD_ARM_DIFFERENCES) == set(A.ARMS)
+    for name, changes in OLD_ARM_DIFFERENCES.items():
+        overrides = [f"{k}={json.dumps(v)}" for k, v in {**changes, "train.output_dir": f"runs/experiments/{name}"}.items()]
+        assert to_dict(load_config(A.ARMS[name].config)) == to_dict(load_config(old, overrides)), name
 
 
 def test_arm_specific_settings():
