@@ -160,7 +160,11 @@ def run_eval(argv: list[str]) -> int:
         if not args.no_heatmap:
             for bench, r in report["results"].items():
                 if r.get("kind") == "lareqa":
-                    rep.plot_heatmap(r, out_dir / f"heatmap-{bench.replace('/', '_')}.png")
+                    try:
+                        rep.plot_heatmap(r, out_dir / f"heatmap-{bench.replace('/', '_')}.png")
+                    except ImportError as e:  # matplotlib is the [plots] extra: the results stand without it
+                        print(f"no heatmap: {e}", file=sys.stderr)
+                        break
         print(markdown)
         print(f"\nwrote {out_dir / 'results.json'} ({t_end - t_start:.1f}s)")
     if started_dist:

@@ -229,7 +229,10 @@ def load_miracl(data_dir: str | Path | None, lang: str, split: str = "dev") -> I
 
 
 def _load_miracl_hf(lang: str, split: str) -> IRDataset:
-    from datasets import load_dataset
+    try:
+        from datasets import load_dataset
+    except ImportError as e:
+        raise ImportError("MIRACL from the Hugging Face Hub needs datasets: pip install 'hybrid-dist[eval]'") from e
 
     topics_ds = load_dataset("miracl/miracl", lang, split=split)
     queries, qrels = {}, {}

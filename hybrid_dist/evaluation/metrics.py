@@ -126,7 +126,11 @@ def trec_evaluate(
     Every query in ``qrels`` with at least one relevant (grade >= 1) document counts: one
     missing from ``run`` scores 0 (trec_eval ``-c``) instead of being silently dropped from the
     average. Queries with no relevant document are left out, as trec_eval does."""
-    import ir_measures
+    try:
+        import ir_measures
+    except ImportError as e:
+        raise ImportError("TREC metrics (BEIR, MIRACL, MS MARCO) need ir_measures: "
+                          "pip install 'hybrid-dist[eval]'") from e
 
     names = list(metrics)
     measures = {name: ir_measures.parse_measure(TREC_MEASURES.get(name, name)) for name in names}

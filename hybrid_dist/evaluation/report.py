@@ -193,7 +193,10 @@ def format_ir_table(rows: Mapping[str, Mapping[str, float]]) -> str:
 
 def plot_heatmap(result: Mapping, path: str | os.PathLike, metric: str = "map", title: str | None = None) -> Path:
     """PNG heatmap of the X->Y ``metric`` matrix (rows: query language, columns: candidates)."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError as e:
+        raise ImportError("heatmaps need matplotlib: pip install 'hybrid-dist[plots]'") from e
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt

@@ -87,7 +87,8 @@ class DenseIndex:
             else:
                 index_type = "flat"
         if index_type in ("flat", "hnsw", "ivf") and faiss is None:
-            raise ImportError(f"index_type={index_type!r} needs FAISS: pip install faiss-cpu")
+            raise ImportError(f"index_type={index_type!r} needs FAISS: pip install 'hybrid-dist[eval]' "
+                              "(faiss-cpu; 'hybrid-dist[gpu]' for faiss-gpu), or use index_type='torch'")
         self.index_type = index_type
         self.on_gpu = False
         if index_type == "torch":
