@@ -24,7 +24,10 @@ def read_hf_dataset(
 ) -> list[ParallelRecord]:
     """``columns`` maps canonical field -> dataset column where they differ,
     e.g. ``{"positive": "passage", "group_id": "id"}``. Rows are validated like JSONL lines."""
-    import datasets
+    try:
+        import datasets
+    except ImportError:
+        raise ImportError("data.format: hf needs the datasets package: pip install 'hybrid-dist[data]'") from None
 
     source = f"dataset {name_or_path}[{split}]"
     path = Path(name_or_path)
