@@ -83,10 +83,15 @@ def main(argv=None) -> int:
         model = BiEncoder.from_pretrained(args.model)
         name = Path(args.model).name
     else:
-        from toy_eval import tiny_biencoder
+        from hybrid_dist.models.biencoder import BiEncoder
+        from hybrid_dist.models.scratch import scratch_bert
 
         rng = np.random.default_rng(0)
-        model = tiny_biencoder([candidates[i] for i in rng.choice(len(candidates), size=min(3000, len(candidates)), replace=False)])
+        texts = [candidates[i] for i in rng.choice(len(candidates), size=min(3000, len(candidates)), replace=False)]
+        encoder, tokenizer = scratch_bert(texts, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
+                                          vocab_size=2000, max_length=64, seed=0, tokenizer="wordpiece",
+                                          max_position_embeddings=128)
+        model = BiEncoder(encoder, tokenizer, max_length=64)
         name = "tiny random BERT (hidden 32, 2 layers)"
     model.eval()
 

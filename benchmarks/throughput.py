@@ -35,10 +35,10 @@ sys.path.insert(0, str(REPO))
 from hybrid_dist import atomic  # noqa: E402 - after the path insert
 
 SHAPES = {  # XLM-RoBERTa base / large, multilingual-e5-small's shape, and a toy for CPU
-    "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
-    "large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
-    "e5-small": dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=12, intermediate_size=1536),
-    "toy": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256),
+    "base": dict(hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072),
+    "large": dict(hidden_size=1024, num_layers=24, num_heads=16, intermediate_size=4096),
+    "e5-small": dict(hidden_size=384, num_layers=12, num_heads=12, intermediate_size=1536),
+    "toy": dict(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=256),
 }
 XLMR_VOCAB = 250_002  # XLM-RoBERTa's vocabulary (multilingual-e5's tokenizer)
 # (system, global batch, gradient-cache chunk) rows per preset
@@ -62,6 +62,12 @@ class Row:
     padding: float | None = None
     step_s: float | None = None
     note: str = ""
+    # the raw measurements the rates above are computed from
+    steps: int | None = None  # timed steps (after the warm-up)
+    elapsed_s: float | None = None  # wall time of the timed steps
+    tokens: int | None = None  # real (non-padding) tokens, queries and passages, over the timed steps
+    positions: int | None = None  # encoded positions (tokens + padding) over the timed steps
+    non_embedding_params: int | None = None  # the encoder's parameters outside its embeddings
 
 
 # ---------------------------------------------------------------------- set-up
@@ -70,18 +76,17 @@ class Row:
 def build_model_dir(shape: str, out: Path, max_length: int) -> tuple[Path, int]:
     """A random-init XLM-R-shaped encoder with the e5 tokenizer, saved in the layout both systems
     load; returns the directory and the non-embedding parameter count."""
-    from transformers import AutoTokenizer, XLMRobertaConfig, XLMRobertaModel
+    from transformers import AutoTokenizer
 
     from hybrid_dist.models import import_e5
     from hybrid_dist.models.biencoder import BiEncoder
+    from hybrid_dist.models.scratch import random_encoder
 
     tokenizer = AutoTokenizer.from_pretrained(import_e5.ensure_e5_checkpoint())
     # the full XLM-R table even when the tokenizer is a vocabulary-pruned one (the device bundle):
     # the rows it lacks are never looked up, but they are trained and stepped like the real model's
-    config = XLMRobertaConfig(vocab_size=max(len(tokenizer), XLMR_VOCAB), max_position_embeddings=514, type_vocab_size=1,
-                              pad_token_id=tokenizer.pad_token_id, **SHAPES[shape])
-    torch.manual_seed(0)
-    encoder = XLMRobertaModel(config, add_pooling_layer=False)
+    encoder = random_encoder(tokenizer, architecture="xlm-roberta", vocab_size=max(len(tokenizer), XLMR_VOCAB),
+                             max_position_embeddings=514, type_vocab_size=1, seed=0, **SHAPES[shape])
     non_embedding = sum(p.numel() for n, p in encoder.named_parameters() if not n.startswith("embeddings."))
     BiEncoder(encoder, tokenizer, max_length=max_length).save_pretrained(out)
     return out, non_embedding
@@ -226,6 +231,8 @@ def measure(shape: str, system: str, batch: int, chunk: int, args, model_dir: Pa
                          for s in timed for mb in s)
             positions = sum(mb.query["attention_mask"].numel() + mb.passage["attention_mask"].numel()
                             for s in timed for mb in s)
+            row.steps, row.elapsed_s, row.tokens, row.positions = args.steps, elapsed, tokens, positions
+            row.non_embedding_params = non_embedding
             row.step_s = elapsed / args.steps
             row.pairs_per_s = batch * args.steps / elapsed
             row.tokens_per_s = tokens / elapsed

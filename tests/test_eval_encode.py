@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import socket
-import sys
 
 import numpy as np
 import pytest
@@ -99,7 +98,8 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
 def test_two_ranks_encode_disjoint_shards_and_gather(tmp_path):
     import torch.multiprocessing as mp
 
-    sys.path.insert(0, os.path.dirname(__file__))
+    # the spawned ranks import this module (and toy_eval) through the parent's sys.path, which pytest's
+    # rootdir insertion already gives tests/: the same `toy_eval` the parent imported, no second name
     mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     expected = encode_texts(HashingEncoder(dim=16), TEXTS, "passage")
     for rank in (0, 1):

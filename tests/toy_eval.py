@@ -1,10 +1,10 @@
-"""Small stand-in encoders for tests and the speed benchmark (no download needed).
+"""Small stand-in encoders for tests (no download needed).
 
 * :class:`HashingEncoder`: hashed character n-grams -> a fixed random projection; instant,
   deterministic and lexical (so monolingual retrieval works better than chance).
 * :func:`tiny_biencoder`: a real :class:`~hybrid_dist.models.biencoder.BiEncoder` around a randomly
-  initialised 2-layer BERT (hidden 32) with a WordPiece tokenizer trained offline with
-  ``tokenizers`` on the given texts.
+  initialised 2-layer BERT (hidden 32) with a WordPiece tokenizer trained offline on the given
+  texts (both from :func:`hybrid_dist.models.scratch.scratch_bert`).
 """
 
 from __future__ import annotations
@@ -44,47 +44,21 @@ class HashingEncoder:
         return torch.from_numpy(np.stack(rows) if rows else np.zeros((0, self.dim), dtype=np.float32))
 
 
-def train_wordpiece_tokenizer(texts: Iterable[str], vocab_size: int = 2000):
-    """A BERT-style fast tokenizer trained offline on ``texts``."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=special)
-    tok.train_from_iterator(list(texts), trainer=trainer)
-    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-        sep_token="[SEP]", mask_token="[MASK]",
-    )
-
-
 def tiny_biencoder(texts: Iterable[str] | None = None, seed: int = 0, hidden: int = 32, layers: int = 2,
                    vocab_size: int = 2000, max_length: int = 64):
-    """A randomly initialised 2-layer BERT bi-encoder (for tests; its scores are meaningless)."""
-    from transformers import BertConfig, BertModel
-
+    """A randomly initialised 2-layer BERT bi-encoder (for tests; its scores are meaningless), built
+    by the library's :func:`~hybrid_dist.models.scratch.scratch_bert` with a WordPiece tokenizer."""
     from hybrid_dist.models.biencoder import BiEncoder
+    from hybrid_dist.models.scratch import scratch_bert
 
     corpus = list(texts) if texts is not None else [
         "query: passage: the quick brown fox jumps over the lazy dog",
         "der schnelle braune fuchs springt über den faulen hund",
         "el rápido zorro marrón salta sobre el perro perezoso",
     ]
-    tokenizer = train_wordpiece_tokenizer(corpus, vocab_size)
-    torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
-        intermediate_size=hidden * 2, max_position_embeddings=max(128, max_length),
-    )
-    encoder = BertModel(config, add_pooling_layer=False)
+    encoder, tokenizer = scratch_bert(corpus, hidden_size=hidden, num_layers=layers, num_heads=2,
+                                      intermediate_size=hidden * 2, vocab_size=vocab_size, max_length=max_length,
+                                      seed=seed, tokenizer="wordpiece", max_position_embeddings=max(128, max_length))
     return BiEncoder(encoder, tokenizer, max_length=max_length)
 
 
