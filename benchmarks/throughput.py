@@ -146,7 +146,7 @@ def hybrid_dist_trainer(model_dir: Path, batch: int, chunk: int, group: int, dat
         "eval.after_training=false", f"train.grad_cache_chunk_size={chunk}", f"train.length_group_size={group}",
         "train.preemption_signals=[]", "data.num_workers=0", f"model.attn_implementation={attn}",
     ])
-    return Trainer(cfg)
+    return Trainer(cfg).setup()  # built, not trained: the benchmark calls train_step itself
 
 
 def tokenized_steps(model_dir: Path, batch: int, args) -> list:

@@ -68,7 +68,7 @@ def run(cfg, trainer_class=None):
     from hybrid_dist.training.trainer import Trainer
 
     try:
-        trainer = (trainer_class or Trainer)(cfg)
+        trainer = (trainer_class or Trainer)(cfg).setup()
     except (DataError, PreflightError, ValueError, ImportError, OSError) as e:
         return _error(e, BAD_INPUT), None
     try:

@@ -408,7 +408,7 @@ def test_in_process_runner_gives_the_subprocess_runners_numbers(tmp_path, xquad_
     the model, data and tokenization across runs changes nothing. Prints the wall-time ratio."""
     import time
 
-    from tests.conftest import tiny_bert_dir
+    from conftest import tiny_bert_dir
 
     model = tiny_bert_dir(tmp_path / "tiny", dropout=0.1)
     common = ["--size", "cpu", "--arms", "zero-shot,xx-mono,hybrid", "--seeds", "0", "--no-sweep",

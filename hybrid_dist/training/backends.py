@@ -16,6 +16,9 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, InitProcessGroupKwargs
 
+from hybrid_dist.distributed import all_true
+from hybrid_dist.training.reliability.nonfinite import TrainingDiverged
+
 
 def _env_flag(name: str) -> bool:
     return os.environ.get(name, "false").lower() in ("true", "1", "yes")
@@ -44,6 +47,31 @@ def build_accelerator(**kwargs) -> Accelerator:
             "FSDP needs GPUs: Accelerate enables its FSDP plugin only on accelerator devices (this machine has "
             "no CUDA). Use a DDP or DeepSpeed launcher on CPU, or run the FSDP launcher on a GPU node.")
     return Accelerator(cpu=not cuda, **kwargs)  # any launcher (torchrun, SLURM) then runs gloo on CPU
+
+
+def accelerator_for(train, project_dir) -> Accelerator:
+    """The run's Accelerator from ``cfg.train``: accumulation, precision, determinism, TensorBoard."""
+    if train.deterministic:
+        # bit-identical reruns and resumes (same hardware, same thread count); cuBLAS needs its workspace fixed
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+    return build_accelerator(gradient_accumulation_steps=train.gradient_accumulation_steps,
+                             mixed_precision=resolve_mixed_precision(train.mixed_precision),
+                             log_with="tensorboard", project_dir=str(project_dir))
+
+
+def resolve_mixed_precision(choice: str) -> str:
+    if choice != "auto":
+        return choice
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+
+
+def prepare(accelerator: Accelerator, model: torch.nn.Module, optimizer, max_grad_norm: float,
+            micro_batch_rows: int) -> tuple[torch.nn.Module, object, StepDriver]:
+    """Wrap model and optimizer for the launcher's backend; the driver that steps them."""
+    configure_deepspeed(accelerator, max_grad_norm, micro_batch_rows)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    return model, optimizer, StepDriver(accelerator, model)
 
 
 def configure_deepspeed(accelerator: Accelerator, max_grad_norm: float, micro_batch_rows: int) -> None:
@@ -110,6 +138,45 @@ class StepDriver:
         boundary = self.accelerator.sync_gradients and not self._deferred_sync
         self.engine.set_gradient_accumulation_boundary(is_boundary=boundary)
         self.engine.backward(loss)
+
+    def backward_allowed(self, loss: torch.Tensor, allowed: bool = True) -> bool:
+        """DeepSpeed steps inside its engine, past the point where a NaN gradient could still be
+        dropped: under it a non-finite loss (on any rank) stops the backward itself."""
+        if self.deepspeed and allowed:
+            return all_true(bool(torch.isfinite(loss).item()))
+        return allowed
+
+    @property
+    def gradients_editable(self) -> bool:
+        """Gradients are plain ``.grad`` tensors between backward and update (not DeepSpeed's buffers)."""
+        return not self.deepspeed
+
+    def finish(self, optimizer, loss: torch.Tensor, loss_ok: bool, step: int, guard, max_grad_norm: float) -> float:
+        """At the step's sync boundary: clip, then update on every rank or skip on every rank
+        (``guard``: the non-finite decision). Returns the global gradient norm."""
+        grad_norm = self.clip_grad_norm(max_grad_norm)
+        if not self.deepspeed:
+            if guard.finite_everywhere(step, loss, grad_norm):
+                self.update(optimizer)
+            else:
+                self.discard(optimizer)
+            return grad_norm
+        if not loss_ok:
+            guard.finite_everywhere(step, loss, grad_norm)  # counts the skip (or stops)
+            self.discard(optimizer)
+            return grad_norm
+        grad_norm = self.update(optimizer)
+        if not math.isfinite(grad_norm):
+            raise TrainingDiverged(
+                f"step {step}: non-finite gradient (norm {grad_norm}) under DeepSpeed, which has "
+                "already applied it; stopping. Resume from the last checkpoint (it holds no NaN) "
+                "with a lower optim.lr")
+        guard.ok()
+        return grad_norm
+
+    def zero_grad(self, optimizer) -> None:
+        if not self.deepspeed:
+            optimizer.zero_grad(set_to_none=True)  # the DeepSpeed engine zeroes its own in step()
 
     def clip_grad_norm(self, max_norm: float) -> float:
         """Clip (DDP/FSDP) and return the global gradient norm; under DeepSpeed the engine clips

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from hybrid_dist.atomic import fsync_path, write_json
+from hybrid_dist.training.reliability.collective import ReportedError
 
 PREFIX = "step-"
 TMP_PREFIX = ".tmp-"
@@ -22,7 +23,7 @@ STATE_FILE = "trainer_state.json"
 MANIFEST = "manifest.json"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(ReportedError):
     pass
 
 

@@ -7,8 +7,10 @@ import math
 
 import torch
 
+from hybrid_dist.training.reliability.collective import ReportedError
 
-class TrainingDiverged(RuntimeError):
+
+class TrainingDiverged(ReportedError):
     pass
 
 
@@ -41,6 +43,37 @@ class NonFiniteSteps:
                 f"train.max_bad_steps={self.limit}; stopping. The weights are those of the last good step; the "
                 f"newest checkpoint holds no NaN. Lower optim.lr or inspect those steps' batches in batches.jsonl")
         return f"{what}; optimizer step skipped ({self.in_a_row} in a row, train.max_bad_steps={self.limit})"
+
+
+class NonFiniteGuard:
+    """The step's one decision, taken alike on every rank (or DDP's replicas drift): update, or
+    skip a step whose loss or gradient is not finite somewhere, within ``train.max_bad_steps``."""
+
+    def __init__(self, accelerator, limit: int):
+        self.accelerator = accelerator
+        self.steps = NonFiniteSteps(limit)
+
+    @property
+    def total(self) -> int:
+        return self.steps.total
+
+    def ok(self) -> None:
+        self.steps.ok()
+
+    def finite_everywhere(self, step: int, loss: torch.Tensor, grad_norm: float) -> bool:
+        """One small all-reduce; counts a skipped step (raising ``TrainingDiverged`` past the limit)."""
+        acc = self.accelerator
+        # under fp16 an inf gradient is the GradScaler's routine overflow, not a bad step
+        grad_ok = math.isfinite(grad_norm) or acc.scaler is not None
+        local = torch.tensor([0.0 if grad_ok and torch.isfinite(loss).item() else 1.0, float(loss)], device=acc.device)
+        bad, loss_sum = acc.reduce(local, "sum").tolist()
+        if not bad:
+            self.steps.ok()
+            return True
+        message = self.steps.skipped(step, loss_sum / acc.num_processes, grad_norm)  # raises past the limit
+        acc.print(message)
+        acc.log({"train/skipped_steps": self.steps.total}, step=step)
+        return False
 
 
 def nonfinite_tensors(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> list[str]:

@@ -7,14 +7,16 @@ collective: every rank reports its flag each step and all stop after the same st
 from __future__ import annotations
 
 import signal
+from pathlib import Path
 
 import torch
 
-from hybrid_dist import distributed
+from hybrid_dist import atomic, distributed
 
 # EX_TEMPFAIL: "try again later". slurm/hybrid.sbatch requeues the job on this exit code.
 PREEMPTED_EXIT_CODE = 75
 DEFAULT_SIGNALS = ("SIGUSR1", "SIGTERM")
+PREEMPTED_FILE = "PREEMPTED"
 
 
 class PreemptionWatcher:
@@ -38,6 +40,14 @@ class PreemptionWatcher:
         flag = torch.tensor([0 if self.received is None else 1], device=distributed.comm_device())
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
         return bool(flag.item())
+
+    def record(self, accelerator, out: Path, step: int) -> None:
+        """After the checkpoint of ``step``: the job script's evidence (exit codes can be lost when a
+        launcher kills the slower ranks); slurm/hybrid.sbatch requeues when it finds this file."""
+        signal_name = self.received or "signal on another rank"
+        if accelerator.is_main_process:
+            atomic.write_json(out / PREEMPTED_FILE, {"step": step, "signal": signal_name})
+        accelerator.print(f"preempted ({signal_name}) at step {step}: checkpoint written; resume with train.resume=auto")
 
     def close(self) -> None:
         for sig, handler in self._previous.items():

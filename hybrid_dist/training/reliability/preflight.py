@@ -10,13 +10,15 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from hybrid_dist.training.reliability.collective import ReportedError, collective_check
+
 
 # checkpoint files hold more than the raw tensors (pickling, RNG and scheduler states): about 3% on
 # the tiny test model; 10% keeps the estimate on the safe side
 FILE_OVERHEAD = 1.10
 
 
-class PreflightError(RuntimeError):
+class PreflightError(ReportedError):
     pass
 
 
@@ -76,6 +78,58 @@ def check_free_space(path: Path, estimate: SpaceEstimate, min_free_bytes: int = 
             f"train.output_dir {path}: {_size(free)} free, but this run needs about {_size(estimate.needed)}"
             f"{margin}: {estimate.explain()}. Free space, point train.output_dir elsewhere or lower train.keep_last")
     return free
+
+
+# ---------------------------------------------------------------------- the recipe's checks
+
+
+def check_output_dir(accelerator, out: Path) -> None:
+    """Every rank writes into the output directory (its RNG state), so every rank checks it."""
+    collective_check(accelerator, lambda: check_writable(out, f"-rank{accelerator.process_index}"), error=PreflightError)
+
+
+def check_room_for_checkpoints(accelerator, cfg, out: Path, model) -> None:
+    """Room for the checkpoints and models ``cfg`` will keep, checked by the main process before
+    any training step (and before DDP wraps the model)."""
+
+    def check() -> None:
+        t = cfg.train
+        params = list(model.parameters())
+        saves = t.max_steps // t.save_every + 1 if t.save_every else 1
+        best = 1 if cfg.eval.every_steps else 0
+        estimate = SpaceEstimate(
+            # ds_numel: a parameter ZeRO-3 already partitioned at load time holds an empty placeholder
+            parameters=sum(getattr(p, "ds_numel", p.numel()) for p in params),
+            bytes_per_value=max(p.element_size() for p in params),
+            optimizer_states=2,  # AdamW: exp_avg and exp_avg_sq
+            # keep_last plus the one being written before the oldest goes, and the best
+            checkpoint_slots=(min(t.keep_last + 1, saves) if t.keep_last else saves) + best,
+            model_copies=1 + best, already_used=directory_bytes(out / "checkpoints"))
+        free = check_free_space(out, estimate, t.min_free_bytes)
+        print(f"output: {out}: {free / 2**30:,.1f} GiB free; needs about {estimate.needed / 2**20:,.1f} MiB "
+              f"({estimate.explain()})", flush=True)
+
+    collective_check(accelerator, check, main_only=True, error=PreflightError)
+
+
+def check_evaluation_data(cfg) -> None:
+    """Held-out evaluation reads data.path strictly (data.on_bad_record does not apply to it):
+    with skipped records, a file it would reject must stop the run now, not at the first
+    evaluation hours later."""
+    e = cfg.eval
+    if cfg.data.on_bad_record != "skip" or cfg.data.format != "squad_dir" or not (
+            e.before_training or e.after_training or e.every_steps):
+        return
+    from hybrid_dist.data import DataError
+    from hybrid_dist.data.split import ArticleSplit
+    from hybrid_dist.evaluation.lareqa import load_lareqa
+
+    try:  # memoised: the evaluation itself reuses this parse
+        load_lareqa(cfg.data.path, cfg.data.languages, ArticleSplit(cfg.data.split, cfg.data.heldout_fraction), e.part)
+    except DataError as err:
+        raise DataError(err.source, err.where, err.field_name,
+                        f"{err.problem} (held-out evaluation reads the data strictly: fix it, or turn evaluation off "
+                        "with eval.before_training=false eval.after_training=false eval.every_steps=0)") from None
 
 
 def directory_bytes(path: Path) -> int:
