@@ -125,6 +125,9 @@ class TrainConfig:
     compile: bool = False  # torch.compile the encoder (dynamic shapes)
     # false: no final checkpoint and no <output_dir>/model (results.json only; e.g. a study's runs)
     save_final: bool = True
+    # keys that a resume may change although they change what is trained (e.g. [optim.lr]); see
+    # RESUME_FREE_KEYS / RESUME_FIXED_KEYS and docs/reliability.md
+    allow_config_change: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -159,18 +162,100 @@ REMOVED_KEYS = {
 
 
 def validate(cfg: Config, source: str = "config") -> None:
-    """Settings that are wrong together, found at load time: one ``ConfigError`` naming the keys."""
-    from hybrid_dist.data.sampler import sampler_problems
-
-    s = cfg.sampler
-    problems = sampler_problems(s.mode, s.alpha, s.batch_size, s.translations_per_group, s.num_negatives)
-    if cfg.loss.name == "infonce" and s.translations_per_group > 1:
-        problems.append(f"loss.name=infonce with sampler.translations_per_group={s.translations_per_group}: InfoNCE "
-                        "would count a question's translations as its negatives; use loss.name=multilingual")
-    if cfg.loss.temperature <= 0:
-        problems.append(f"loss.temperature={cfg.loss.temperature} must be > 0")
+    """Every rule a config must meet on its own (types are checked while loading): ranges, names,
+    settings that are wrong together. One ``ConfigError``, one line per problem, each naming the
+    key, the value and what is allowed. Rules that need the corpus or the world size run in the
+    recipe's setup, still before anything is written."""
+    problems = config_problems(cfg)
     if problems:
         raise ConfigError(f"{source}: " + f"\n{source}: ".join(problems))
+
+
+def config_problems(cfg: Config) -> list[str]:
+    from hybrid_dist.data.sampler import sampler_problems
+    from hybrid_dist.evaluation.lareqa import summary_metric_names
+
+    problems: list[str] = []
+
+    def need(key: str, ok: bool, allowed: str) -> None:
+        if not ok:
+            value = _get_path(cfg, key)
+            problems.append(f"{key}={value!r}: must be {allowed}")
+
+    m, d, s, lo, o, t, e = cfg.model, cfg.data, cfg.sampler, cfg.loss, cfg.optim, cfg.train, cfg.eval
+    sc = m.scratch
+    for key in ("hidden_size", "num_layers", "num_heads", "intermediate_size"):
+        need(f"model.scratch.{key}", getattr(sc, key) >= 1, "at least 1")
+    need("model.scratch.vocab_size", sc.vocab_size >= 260, "at least 260 (the byte alphabet and special tokens)")
+    need("model.scratch.dropout", 0.0 <= sc.dropout < 1.0, "in [0, 1)")
+    if sc.hidden_size >= 1 and sc.num_heads >= 1 and sc.hidden_size % sc.num_heads:
+        problems.append(f"model.scratch.hidden_size={sc.hidden_size}: must be a multiple of "
+                        f"model.scratch.num_heads={sc.num_heads}")
+    need("model.max_length", 8 <= m.max_length <= 8192, "in [8, 8192] tokens")
+    attn = ("sdpa", "eager", "flash_attention_2", "flex_attention")
+    need("model.attn_implementation", m.attn_implementation in (None, *attn), f"empty or one of {list(attn)}")
+    need("data.max_hard_negatives", d.max_hard_negatives >= 0, "at least 0")
+    need("data.heldout_fraction", 0.0 < d.heldout_fraction < 1.0, "in (0, 1)")
+    need("data.num_workers", d.num_workers >= 0, "at least 0")
+    need("data.max_text_chars", d.max_text_chars >= 0, "at least 0 (0: no limit)")
+    need("data.path", bool(str(d.path).strip()), "a file, directory or dataset name")
+    if d.languages is not None:
+        need("data.languages", len(d.languages) >= 1 and len(set(d.languages)) == len(d.languages),
+             "a list of distinct language codes, or empty for every language")
+    problems += sampler_problems(s.mode, s.alpha, s.batch_size, s.translations_per_group, s.num_negatives)
+    need("sampler.smoothing", 0.0 <= s.smoothing <= 1.0, "in [0, 1] (0: uniform over languages, 1: by size)")
+    if s.num_negatives > 0 and d.max_hard_negatives < s.num_negatives:
+        problems.append(f"sampler.num_negatives={s.num_negatives}: needs data.max_hard_negatives >= "
+                        f"{s.num_negatives} (now {d.max_hard_negatives})")
+    if lo.name == "infonce" and s.translations_per_group > 1:
+        problems.append(f"loss.name=infonce with sampler.translations_per_group={s.translations_per_group}: InfoNCE "
+                        "would count a question's translations as its negatives; use loss.name=multilingual")
+    need("loss.temperature", lo.temperature > 0.0, "> 0")
+    need("optim.lr", o.lr > 0.0, "> 0")
+    need("optim.weight_decay", o.weight_decay >= 0.0, "at least 0")
+    need("optim.betas", len(o.betas) == 2 and all(0.0 <= b < 1.0 for b in o.betas), "two numbers in [0, 1)")
+    need("optim.eps", o.eps > 0, "> 0")
+    need("optim.warmup_steps", o.warmup_steps >= 0, "at least 0")
+    need("optim.max_grad_norm", o.max_grad_norm >= 0, "at least 0 (0: no clipping)")
+    need("train.output_dir", bool(t.output_dir.strip()), "a directory")
+    need("train.max_steps", t.max_steps >= 0, "at least 0 (0: evaluate the model as loaded)")
+    if o.warmup_steps > t.max_steps >= 1:
+        problems.append(f"optim.warmup_steps={o.warmup_steps}: must be at most train.max_steps={t.max_steps}")
+    need("train.gradient_accumulation_steps", t.gradient_accumulation_steps >= 1, "at least 1")
+    if t.gradient_accumulation_steps >= 1 and s.batch_size >= 1 and s.batch_size % t.gradient_accumulation_steps:
+        problems.append(f"sampler.batch_size={s.batch_size}: must be divisible by "
+                        f"train.gradient_accumulation_steps={t.gradient_accumulation_steps}")
+    need("train.log_every", t.log_every >= 1, "at least 1")
+    need("train.save_every", t.save_every >= 0, "at least 0 (0: only at the end)")
+    need("train.keep_last", t.keep_last >= 0, "at least 0 (0: keep every checkpoint)")
+    need("train.grad_cache_chunk_size", t.grad_cache_chunk_size >= 0, "at least 0 (0: no gradient cache)")
+    need("train.max_bad_steps", t.max_bad_steps >= 0, "at least 0")
+    need("train.min_free_bytes", t.min_free_bytes >= 0, "at least 0")
+    need("train.length_group_size", t.length_group_size >= 0, "at least 0 (0: off)")
+    import signal
+
+    for name in t.preemption_signals:
+        if not isinstance(getattr(signal, name, None), signal.Signals) or name in ("SIGKILL", "SIGSTOP"):
+            problems.append(f"train.preemption_signals: {name!r} is not a signal that can be caught "
+                            "(e.g. SIGUSR1, SIGTERM)")
+    flat = flatten(Config())
+    for key in t.allow_config_change:
+        if key not in flat:
+            problems.append(f"train.allow_config_change: {key!r} is not a config key")
+        elif _is_fixed(key):
+            problems.append(f"train.allow_config_change: {key} can never change on resume ({_fixed_reason(key)})")
+    need("eval.every_steps", e.every_steps >= 0, "at least 0 (0: never during training)")
+    need("eval.batch_size", e.batch_size >= 1, "at least 1")
+    metrics = summary_metric_names()
+    need("eval.metric", e.metric in metrics, f"one of {', '.join(metrics)}")
+    return problems
+
+
+def _get_path(cfg: Config, dotted: str) -> Any:
+    obj = cfg
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
@@ -335,8 +420,48 @@ def flatten(cfg: Config | dict) -> dict[str, Any]:
 #: where a run writes and how it reports: the same training with other values here is the same run
 OUTPUT_KEYS = frozenset({"train.output_dir", "train.resume", "train.progress_bar", "train.log_every",
                          "train.save_every", "train.keep_last", "train.min_free_bytes", "train.save_final"})
-#: what a resume may also change (how long, whether to evaluate first) without training something else
-RESUME_FREE_KEYS = OUTPUT_KEYS | {"train.max_steps", "eval.before_training"}
+#: what a resume may change (with a message): how long, how often to save, log and evaluate, and
+#: how a step is computed where the gradients stay the same
+RESUME_FREE_KEYS = OUTPUT_KEYS | {
+    "train.max_steps", "train.log_batches", "train.preemption_signals", "train.max_bad_steps",
+    "train.allow_config_change", "train.grad_cache_chunk_size", "train.length_group_size", "train.compile",
+    "train.deterministic", "model.gradient_checkpointing", "model.attn_implementation", "data.num_workers",
+    "eval.before_training", "eval.after_training", "eval.every_steps", "eval.metric", "eval.part",
+    "eval.candidate_context", "eval.batch_size"}
+#: what a resume can never change: the weights' shapes (model) or the batch sequence (sampler, seed)
+RESUME_FIXED_KEYS = {
+    "model.name_or_path": "the checkpoint holds weights of the model it was trained from",
+    "model.scratch.": "the checkpoint holds weights of the scratch encoder built from these sizes",
+    "sampler.": "the checkpoint's batch sequence continues from the sampler state it was saved with",
+    "train.seed": "the checkpoint's batch sequence and random states continue from this seed",
+}
+
+
+def _is_fixed(key: str) -> bool:
+    return any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUME_FIXED_KEYS)
+
+
+def _fixed_reason(key: str) -> str:
+    return next(why for k, why in RESUME_FIXED_KEYS.items() if key == k or (k.endswith(".") and key.startswith(k)))
+
+
+def resume_changes(saved: Config | dict, cfg: Config) -> tuple[list[tuple[str, Any, Any]], str | None]:
+    """Compare a checkpoint's config with this run's: ``(changes that may go ahead, the refusal)``.
+    The refusal is one line naming every key that changes what is trained and the ways forward."""
+    changed = differences(saved, cfg)
+    free = [c for c in changed if c[0] in RESUME_FREE_KEYS or c[0] in cfg.train.allow_config_change]
+    blocked = [c for c in changed if c not in free]
+    if not blocked:
+        return free, None
+    fixed = [k for k, _, _ in blocked if _is_fixed(k)]
+    shown = "; ".join(f"{k} {a!r} -> {b!r}" for k, a, b in blocked)
+    ways = f"resume with the checkpoint's values, or start a new run (another train.output_dir)"
+    allowable = [k for k, _, _ in blocked if k not in fixed]
+    if allowable:
+        ways += f", or accept the change with train.allow_config_change=[{','.join(allowable)}]"
+    if fixed:
+        ways += f" ({', '.join(fixed)} can never change on resume: {_fixed_reason(fixed[0])})"
+    return free, f"the config differs from the checkpoint's in what is trained: {shown}. To go on: {ways}"
 
 
 def differences(old: Config | dict, new: Config | dict, ignore: frozenset[str] = frozenset()) -> list[tuple[str, Any, Any]]:

@@ -133,6 +133,7 @@ def shutdown() -> None:
 
 # ---------------------------------------------------------------------- launching
 
+CPU_PROCESSES_ENV = "HYBRID_DIST_CPU_PROCESSES"  # set it to skip reading the launcher's command line
 _RANK_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
 
 
@@ -146,6 +147,11 @@ def requested_cpu_processes() -> int:
         return 1
     if any(v in os.environ for v in _RANK_VARIABLES) or "MASTER_ADDR" not in os.environ:
         return 1  # already a rank of a launched group, or a single process was asked for
+    if os.environ.get(CPU_PROCESSES_ENV):
+        return int(os.environ[CPU_PROCESSES_ENV])
+    # Accelerate exports the process count in no variable for this launcher (only
+    # ACCELERATE_USE_CPU, MASTER_ADDR/PORT and thread settings), so it is read from the command
+    # line of `accelerate launch`, our parent; HYBRID_DIST_CPU_PROCESSES avoids the /proc read
     try:
         with open(f"/proc/{os.getppid()}/cmdline", "rb") as f:
             parent = [a.decode() for a in f.read().split(b"\0") if a]

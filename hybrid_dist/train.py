@@ -11,7 +11,7 @@ import sys
 from hybrid_dist.config import ConfigError, load_config
 from hybrid_dist.data.records import DataError
 
-BAD_INPUT = 2  # config, data, output directory: found before training starts (or at a held-out evaluation)
+BAD_INPUT = 2  # config, data, output directory, checkpoint to resume: found before training (or at a held-out evaluation)
 STOPPED = 3  # training stopped: non-finite steps past train.max_bad_steps, or a checkpoint could not be written
 
 
@@ -55,6 +55,28 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
+def _main_as_rank(argv: list[str] | None = None) -> int:
+    """``main``, recording this rank's exit code for ``hybrid-dist-launch`` (launchers drop it)."""
+    import os
+
+    from hybrid_dist.launch import CONTROL_ENV, PREEMPTED, record_exit
+
+    code = main(argv)
+    if distributed_rank_process():
+        record_exit(code)
+        if code == PREEMPTED and os.environ.get(CONTROL_ENV):
+            # the wrapper reports 75 from the record; a clean exit keeps the launchers from
+            # printing a failure for what is a planned stop
+            return 0
+    return code
+
+
+def distributed_rank_process() -> bool:
+    """A training rank, not the process that started CPU ranks for ``accelerate launch --cpu``."""
+    from hybrid_dist import distributed
+
+    return distributed.requested_cpu_processes() <= 1
+
 def run(cfg, trainer_class=None):
     """Train and evaluate one config in this process: ``(exit code, trainer or None)``, the exit
     codes :func:`main` returns (also what an in-process study records per run)."""
@@ -62,18 +84,18 @@ def run(cfg, trainer_class=None):
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
-    from hybrid_dist.training.reliability.checkpoints import CheckpointError
+    from hybrid_dist.training.reliability.checkpoints import CheckpointError, ResumeError
     from hybrid_dist.training.reliability.nonfinite import TrainingDiverged
     from hybrid_dist.training.reliability.preflight import PreflightError
     from hybrid_dist.training.trainer import Trainer
 
     try:
         trainer = (trainer_class or Trainer)(cfg).setup()
-    except (DataError, PreflightError, ValueError, ImportError, OSError) as e:
+    except (DataError, PreflightError, ResumeError, ValueError, ImportError, OSError) as e:
         return _error(e, BAD_INPUT), None
     try:
         results = trainer.fit()
-    except DataError as e:
+    except (DataError, ResumeError) as e:
         return _error(e, BAD_INPUT), trainer
     except (TrainingDiverged, CheckpointError) as e:
         return _error(e, STOPPED), trainer
@@ -100,4 +122,4 @@ def _error(e: Exception, code: int) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_main_as_rank())

@@ -3,6 +3,7 @@ the fault-injection spec, on real files; and the best checkpoint surviving keep_
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -29,8 +30,13 @@ def test_publish_seals_and_verify_catches_damage(tmp_path):
     path = write_checkpoint(root, 3)
     assert path.name == "step-00000003" and not ckpt.tmp_dir(root, 3).exists()
     manifest = json.loads((path / ckpt.MANIFEST).read_text())["files"]
-    assert manifest == {"model.safetensors": 100, ckpt.STATE_FILE: len(json.dumps({"step": 3}))}
+    state = json.dumps({"step": 3}).encode()
+    assert manifest == {"model.safetensors": {"size": 100, "sha256": hashlib.sha256(b"w" * 100).hexdigest()},
+                        ckpt.STATE_FILE: {"size": len(state), "sha256": hashlib.sha256(state).hexdigest()}}
     assert ckpt.verify(path) is None
+    (path / "model.safetensors").write_bytes(b"w" * 50 + b"x" + b"w" * 49)  # one byte changed, same size
+    assert ckpt.verify(path, checksums=False) is None
+    assert ckpt.verify(path).startswith("model.safetensors fails its checksum")
     (path / "model.safetensors").write_bytes(b"w" * 10)  # a file truncated after the fact
     assert ckpt.verify(path) == "model.safetensors has 10 bytes, the manifest says 100"
     (path / "model.safetensors").unlink()

@@ -66,3 +66,20 @@ def test_mpi():
 ])
 def test_expand_nodelist(nodelist, hosts):
     assert expand_nodelist(nodelist) == hosts
+
+
+def test_cpu_process_count_from_the_environment_without_reading_the_parent(monkeypatch):
+    from hybrid_dist import distributed
+
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "true")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("HYBRID_DIST_CPU_PROCESSES", "3")
+    assert distributed.requested_cpu_processes() == 3
+    monkeypatch.delenv("HYBRID_DIST_CPU_PROCESSES")
+    # pytest's parent is no `accelerate launch`: one process
+    assert distributed.requested_cpu_processes() == 1
+    monkeypatch.setenv("RANK", "0")  # already a rank of a launched group
+    monkeypatch.setenv("HYBRID_DIST_CPU_PROCESSES", "3")
+    assert distributed.requested_cpu_processes() == 1

@@ -153,7 +153,7 @@ def test_rank_slices_partition_the_global_batch(world_size, micro_steps):
 
 def test_indivisible_or_oversized_batches_are_clear_errors():
     corpus = synthetic_corpus()
-    with pytest.raises(ValueError, match="divisible by world size"):
+    with pytest.raises(ValueError, match="divisible by the number of processes"):
         GlobalBatchSampler(corpus, 30, "mono").rank_slice(GlobalBatchSampler(corpus, 30, "mono").batch(0), 0, 4)
     with pytest.raises(ValueError, match="fr has 100; lower batch_size"):
         GlobalBatchSampler(corpus, 150, "mono", seed=0)

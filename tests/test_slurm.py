@@ -128,6 +128,7 @@ def test_preempted_job_requeues_and_resumes(slurm_env, tmp_path):
     log = log_of(name, job)
     assert int(job_field(slurm_env, job, "Restarts")) == 1
     assert "preempted (SIGUSR1) at step" in log and f"requeueing job {job}" in log
+    assert "[hybrid.sbatch] preempted (exit 75)" in log  # srun task mode: every task's code is 75
     preempted_at = int(log.split("preempted (SIGUSR1) at step ")[1].split(":")[0])
     assert 40 <= preempted_at < 240
     assert f"job {job} restart 1" in log

@@ -189,8 +189,8 @@ class GlobalBatchSampler:
 
     def micro_pool_size(self, world_size: int, micro_steps: int = 1) -> int:
         if self.batch_size % (world_size * micro_steps):
-            raise ValueError(f"batch_size {self.batch_size} must be divisible by world size x accumulation "
-                             f"steps ({world_size} x {micro_steps})")
+            raise ValueError(f"sampler.batch_size={self.batch_size}: must be divisible by the number of processes "
+                             f"x train.gradient_accumulation_steps ({world_size} x {micro_steps})")
         pool = self.batch_size // micro_steps
         if pool % self.k:
             raise ValueError(f"each accumulation pool ({pool} pairs) must hold whole groups of "

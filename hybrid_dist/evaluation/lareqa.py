@@ -46,6 +46,12 @@ FAMILIES = ("mono", "cross", "multi")
 BIAS_METRICS = ("max_rank_distance", "same_minus_other")
 
 
+def summary_metric_names() -> list[str]:
+    """The keys of ``LareqaResult.summary`` (what ``eval.metric`` may name)."""
+    return ([f"{setting}_{m}" for setting in ("mono", "cross", "multi") for m in PAIR_METRICS]
+            + [f"bias_{k}" for k in BIAS_METRICS])
+
+
 # ----------------------------------------------------------------------------- benchmark
 
 

@@ -21,7 +21,7 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from transformers import (BertConfig, BertModel, PreTrainedModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast,
                           XLMRobertaConfig, XLMRobertaModel)
 
-from hybrid_dist.atomic import staged_dir
+from hybrid_dist.atomic import staged_dir, write_json
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 TokenizerKind = Literal["bpe", "wordpiece"]
@@ -111,4 +111,15 @@ def build_scratch_encoder(scratch_cfg, texts: Iterable[str], max_length: int, se
     with staged_dir(out) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        write_json(tmp / RECIPE_FILE, scratch_recipe(scratch_cfg, max_length, seed))
     return out
+
+
+RECIPE_FILE = "scratch_recipe.json"
+
+
+def scratch_recipe(scratch_cfg, max_length: int, seed: int) -> dict:
+    """What a scratch encoder was built from: a directory built from another recipe is another model."""
+    from dataclasses import asdict
+
+    return {**asdict(scratch_cfg), "max_length": max_length, "seed": seed}

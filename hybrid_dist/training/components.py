@@ -3,6 +3,7 @@ corpus, model, optimizer, learning-rate schedule."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -10,7 +11,7 @@ from transformers import get_constant_schedule_with_warmup, get_linear_schedule_
 
 from hybrid_dist.data import BadRecords, load_corpus
 from hybrid_dist.models.biencoder import BiEncoder
-from hybrid_dist.models.scratch import build_scratch_encoder
+from hybrid_dist.models.scratch import RECIPE_FILE, build_scratch_encoder, scratch_recipe
 
 OFFLINE_PREFIX = "offline:"
 
@@ -23,7 +24,7 @@ def training_corpus(cfg, log=print):
     return corpus
 
 
-def model_source(cfg, accelerator, out: Path, corpus) -> str | Path:
+def model_source(cfg, accelerator, out: Path, corpus, log=print) -> str | Path:
     """What ``from_pretrained`` loads: a hub id or directory, the offline e5 checkpoint, or a
     scratch encoder built once (main process) into ``<output_dir>/init`` from the training text."""
     m = cfg.model
@@ -33,11 +34,22 @@ def model_source(cfg, accelerator, out: Path, corpus) -> str | Path:
     if source:
         return source
     source = out / "init"
-    if accelerator.is_main_process and not (source / "config.json").exists():
+    if accelerator.is_main_process and not _built_from(source, scratch_recipe(m.scratch, m.max_length, cfg.train.seed)):
+        # a fresh run only (a resume with other scratch settings was refused before this): the
+        # init/ of an earlier, different config is rebuilt, never trained as if it were this one
+        if (source / "config.json").exists():
+            log(f"model: {source} was built from other model.scratch settings; rebuilding it")
         texts = (t for row in corpus.table for r in row.values() for t in (r.query, r.positive))
         build_scratch_encoder(m.scratch, texts, m.max_length, cfg.train.seed, source)
     accelerator.wait_for_everyone()
     return source
+
+
+def _built_from(directory: Path, recipe: dict) -> bool:
+    try:
+        return json.loads((directory / RECIPE_FILE).read_text()) == recipe and (directory / "config.json").exists()
+    except (OSError, ValueError):
+        return False
 
 
 def offline_checkpoint(name: str, accelerator) -> Path:

@@ -25,7 +25,7 @@ from hybrid_dist.losses import build_loss
 from hybrid_dist.training import backends, components
 from hybrid_dist.training.progress import TrainingLog
 from hybrid_dist.training.reliability import preflight
-from hybrid_dist.training.reliability.checkpointing import Checkpointer
+from hybrid_dist.training.reliability.checkpointing import Checkpointer, choose_resume
 from hybrid_dist.training.reliability.faults import Faults
 from hybrid_dist.training.reliability.nonfinite import NonFiniteGuard
 from hybrid_dist.training.reliability.preemption import PreemptionWatcher
@@ -43,6 +43,7 @@ class Trainer:
         self.results: dict[str, dict[str, float]] = {}
         self.last_evaluation = None  # the newest held-out LareqaResult (the X->Y matrix, not only the summary)
         self.preempted = False
+        self.resume_from: Path | None = None  # chosen in setup, loaded at the start of train
         self.accelerator = self.model = self.optimizer = self.driver = self.preemption = self.log = None
         self._closed = False
 
@@ -55,9 +56,11 @@ class Trainer:
         set_seed(cfg.train.seed)
         self.faults = Faults(acc.process_index)
         preflight.check_output_dir(acc, self.out)
+        self.resume_from = choose_resume(acc, cfg, self.out)  # before anything is written
         self.corpus = self._load_corpus()
         preflight.check_evaluation_data(cfg)
         self.sampler = sampler_for(cfg, self.corpus)
+        self.sampler.micro_pool_size(acc.num_processes, cfg.train.gradient_accumulation_steps)
         model = components.apply_training_options(self._load_pretrained(self._model_source()), cfg)
         # loading may draw random numbers (transformers initialises weights the checkpoint lacks);
         # training's streams (dropout) start from the seed however the model was obtained
@@ -88,7 +91,7 @@ class Trainer:
         return components.training_corpus(self.cfg, self.accelerator.print)
 
     def _model_source(self) -> str | Path:
-        return components.model_source(self.cfg, self.accelerator, self.out, self.corpus)
+        return components.model_source(self.cfg, self.accelerator, self.out, self.corpus, self.accelerator.print)
 
     def _load_pretrained(self, source: str | Path):
         """The model as loaded, before training options apply."""
@@ -184,7 +187,7 @@ class Trainer:
         return self.checkpointer.save(self.step)
 
     def resume(self) -> None:
-        self.step = self.checkpointer.resume()
+        self.step = self.checkpointer.resume(self.resume_from)
 
     def save_model(self, path: Path) -> None:
         self.checkpointer.save_model(path)

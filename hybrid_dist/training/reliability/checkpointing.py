@@ -15,14 +15,70 @@ from pathlib import Path
 from accelerate.utils import broadcast_object_list
 
 from hybrid_dist import atomic
-from hybrid_dist.config import RESUME_FREE_KEYS, differences, to_dict
+from hybrid_dist.config import resume_changes, to_dict
 from hybrid_dist.training.reliability import checkpoints as ckpt
 from hybrid_dist.training.reliability import rng
-from hybrid_dist.training.reliability.checkpoints import CheckpointError
+from hybrid_dist.training.reliability.checkpoints import CheckpointError, ResumeError
 from hybrid_dist.training.reliability.collective import collective_check
 from hybrid_dist.training.reliability.nonfinite import TrainingDiverged, nonfinite_tensors
 
 BEST_FILE = "best_metric.json"
+DAMAGED_PREFIX = "damaged-"
+
+
+def choose_resume(accelerator, cfg, out: Path) -> Path | None:
+    """The checkpoint this run continues from (None: a fresh start), decided by the main process
+    before the run writes anything, the same on every rank. Raises ``ResumeError`` (exit 2) for an
+    explicit ``train.resume`` that fails verification, a config that changes what is trained, or a
+    fresh run into an output_dir that holds another run's checkpoints."""
+    chosen: list[str | None] = [None]
+
+    def choose() -> None:
+        path = _checkpoint_to_resume(accelerator, cfg, out / "checkpoints")
+        if path is not None:
+            state = json.loads((path / ckpt.STATE_FILE).read_text())
+            free, refusal = resume_changes(state.get("config", {}), cfg)
+            free = [c for c in free if c[0] != "train.resume"]
+            if refusal:
+                raise ResumeError(f"train.resume: {path.name}: {refusal}")
+            if free:
+                print("resume: changed since the checkpoint: "
+                      + ", ".join(f"{k} {a!r} -> {b!r}" for k, a, b in free), flush=True)
+        chosen[0] = None if path is None else str(path)
+
+    collective_check(accelerator, choose, main_only=True, error=ResumeError)
+    found = broadcast_object_list(chosen)[0]
+    return None if found is None else Path(found)
+
+
+def _checkpoint_to_resume(accelerator, cfg, root: Path) -> Path | None:
+    choice = cfg.train.resume
+    if not choice:
+        earlier = ckpt.list_steps(root)
+        if earlier:
+            raise ResumeError(f"train.output_dir={cfg.train.output_dir} holds checkpoints of an earlier run "
+                              f"({earlier[0].name} .. {earlier[-1].name}): continue it with train.resume=auto, or "
+                              "start this run in another train.output_dir")
+        return None
+    if choice != "auto":
+        path = Path(choice)
+        problem = ckpt.verify(path)
+        if problem:
+            raise ResumeError(f"train.resume={choice}: not an intact checkpoint: {problem}")
+        return path
+    path, passed_over = ckpt.newest_complete(root)
+    for skipped, why in passed_over:
+        if skipped.name.startswith(ckpt.PREFIX):  # keep the evidence, out of every later choice
+            aside = skipped.with_name(DAMAGED_PREFIX + skipped.name)
+            shutil.rmtree(aside, ignore_errors=True)
+            skipped.rename(aside)
+            print(f"resume: passing over {skipped.name}: {why}; moved to {aside.name} (delete it once inspected)",
+                  flush=True)
+        else:
+            print(f"resume: passing over {skipped.name}: {why}", flush=True)
+    if path is None:
+        print(f"resume=auto: no intact checkpoint in {root}; starting at step 0", flush=True)
+    return path
 
 
 class Checkpointer:
@@ -71,7 +127,10 @@ class Checkpointer:
 
         def seal() -> None:
             ckpt.publish(tmp, final)
-            ckpt.prune(self.root, self.cfg.train.keep_last, [p for p in [self.best_checkpoint()] if p is not None])
+            # the checkpoint just sealed is the newest that verifies (its checksums were just read):
+            # pruning keeps it even where older-looking steps (left from before a resume) outnumber it
+            keep = [final] + [p for p in [self.best_checkpoint()] if p is not None]
+            ckpt.prune(self.root, self.cfg.train.keep_last, keep)
 
         collective_check(acc, refuse_nonfinite, error=TrainingDiverged)
         try:
@@ -132,32 +191,16 @@ class Checkpointer:
                                           "checkpoint": str(final)})
 
     # ------------------------------------------------------------------ resuming
-    def resume(self) -> int:
-        """Load the checkpoint ``train.resume`` names ("auto": the newest complete one); the step
-        to continue from (0: nothing to resume)."""
-        choice, acc = self.cfg.train.resume, self.accelerator
-        if not choice:
+    def resume(self, path: Path | None) -> int:
+        """Load ``path`` (from ``choose_resume``); the step to continue from (0: nothing to resume)."""
+        acc = self.accelerator
+        if path is None:
             return 0
-        if choice == "auto":
-            found = None
-            if acc.is_main_process:
-                path, passed_over = ckpt.newest_complete(self.root)
-                for skipped, why in passed_over:
-                    print(f"resume: passing over {skipped.name}: {why}", flush=True)
-                found = None if path is None else str(path)
-            found = broadcast_object_list([found])[0]  # every rank resumes from the same checkpoint
-            if found is None:
-                acc.print(f"resume=auto: no complete checkpoint in {self.root}; starting at step 0")
-                return 0
-            path = Path(found)
-        else:
-            path = Path(choice)
-            problem = ckpt.verify(path)
-            if problem:
-                raise CheckpointError(f"train.resume={choice}: not a complete checkpoint ({problem})")
         state = json.loads((path / ckpt.STATE_FILE).read_text())
-        self._report_config_changes(state.get("config", {}))
-        self.sampler.load_state_dict(state["sampler"])
+        try:
+            self.sampler.load_state_dict(state["sampler"])
+        except ValueError as e:  # the same corpus is part of the batch sequence
+            raise ResumeError(f"train.resume: {path.name}: {e}") from None
         acc.load_state(str(path))
         step = int(state["step"])
         rng.restore(path, acc.process_index, self.cfg.train.seed, step)
@@ -169,10 +212,3 @@ class Checkpointer:
         self.saved_step = step  # already on disk
         acc.print(f"resumed from {path} at step {step}")
         return step
-
-    def _report_config_changes(self, saved: dict) -> None:
-        changed = differences(saved, self.cfg, RESUME_FREE_KEYS)
-        if changed:
-            shown = ", ".join(f"{k} {a!r} -> {b!r}" for k, a, b in changed[:8])
-            self.accelerator.print(f"resume: the config differs from the checkpoint's ({shown}"
-                                   f"{' ...' if len(changed) > 8 else ''}); continuing with the new values")

@@ -1,13 +1,15 @@
 """Checkpoint directories on disk: atomic publication, an integrity manifest, retention, selection.
 
-A checkpoint is written into ``.tmp-step-N``; every file is fsynced, a manifest of file sizes is
-written last, and the directory is renamed to ``step-N``. A crash at any moment leaves either the
-complete new checkpoint or none, and the older ones untouched; ``newest_complete`` then ignores
-the temporary directory and any checkpoint whose files no longer match their manifest.
+A checkpoint is written into ``.tmp-step-N``; every file is fsynced, a manifest of file sizes and
+SHA-256 checksums is written last, and the directory is renamed to ``step-N``. A crash at any
+moment leaves either the complete new checkpoint or none, and the older ones untouched;
+``newest_complete`` then ignores the temporary directory and any checkpoint whose files no longer
+match their manifest (a missing or truncated file, or one flipped byte).
 Only files here: no torch, no Accelerate."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -39,17 +41,33 @@ def step_of(path: Path) -> int:
     return int(path.name[len(PREFIX):])
 
 
-def _files(directory: Path) -> dict[str, int]:
-    return {str(p.relative_to(directory)): p.stat().st_size
-            for p in sorted(directory.rglob("*")) if p.is_file() and p.name != MANIFEST}
+CHUNK = 1 << 22  # 4 MiB reads: checksumming streams, whatever the file size
+
+
+class ResumeError(CheckpointError):
+    """The checkpoint ``train.resume`` names cannot be used: found before training (exit 2)."""
+
+
+def _names(directory: Path) -> list[str]:
+    return [str(p.relative_to(directory)) for p in sorted(directory.rglob("*")) if p.is_file() and p.name != MANIFEST]
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def publish(tmp: Path, final: Path) -> None:
-    """Seal ``tmp`` (fsync every file, write the manifest last) and rename it to ``final``."""
-    files = _files(tmp)
-    for name in files:
+    """Seal ``tmp`` (fsync and checksum every file, write the manifest last) and rename it to
+    ``final``. The checksum reads each file once more, right after it was fsynced."""
+    files = {}
+    for name in _names(tmp):
         fsync_path(tmp / name)
-    write_json(tmp / MANIFEST, {"files": files})
+        files[name] = {"size": (tmp / name).stat().st_size, "sha256": sha256_file(tmp / name)}
+    write_json(tmp / MANIFEST, {"version": 2, "files": files})
     fsync_path(tmp)
     if final.exists():  # the same step written again (a resumed run): the new copy wins
         shutil.rmtree(final)
@@ -57,8 +75,9 @@ def publish(tmp: Path, final: Path) -> None:
     fsync_path(final.parent)
 
 
-def verify(path: Path) -> str | None:
-    """Why ``path`` is not a complete checkpoint, or None when it is."""
+def verify(path: Path, checksums: bool = True) -> str | None:
+    """Why ``path`` is not a complete, intact checkpoint, or None when it is. Sizes are checked
+    first (cheap); ``checksums`` then reads every file (one pass) against its SHA-256."""
     if not path.is_dir():
         return "not a directory"
     manifest = path / MANIFEST
@@ -70,13 +89,24 @@ def verify(path: Path) -> str | None:
         return f"unreadable {MANIFEST}"
     if STATE_FILE not in files:
         return f"no {STATE_FILE} in the manifest"
-    for name, size in files.items():
+    entries = {name: entry if isinstance(entry, dict) else {"size": entry} for name, entry in files.items()}
+    for name, entry in entries.items():
         try:
             actual = (path / name).stat().st_size
         except OSError:
             return f"{name} is missing"
-        if actual != size:
-            return f"{name} has {actual} bytes, the manifest says {size}"
+        if actual != entry.get("size"):
+            return f"{name} has {actual} bytes, the manifest says {entry.get('size')}"
+    if checksums:
+        for name, entry in entries.items():
+            if "sha256" not in entry:  # written before checksums existed: sizes are all there is
+                continue
+            try:
+                actual = sha256_file(path / name)
+            except OSError as e:
+                return f"{name} cannot be read ({e.strerror})"
+            if actual != entry["sha256"]:
+                return f"{name} fails its checksum (sha256 {actual[:12]}..., the manifest says {entry['sha256'][:12]}...)"
     return None
 
 

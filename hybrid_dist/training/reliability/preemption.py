@@ -28,6 +28,9 @@ class PreemptionWatcher:
             if sig is None:
                 raise ValueError(f"train.preemption_signals: unknown signal {name!r}")
             self._previous[sig] = signal.signal(sig, self._on_signal)
+        from hybrid_dist.launch import register_rank
+
+        register_rank()  # under hybrid-dist-launch: the signals it receives now come here
 
     def _on_signal(self, signum, frame) -> None:
         # only set a flag: checkpointing inside a signal handler could interrupt a collective
