@@ -455,7 +455,7 @@ def resume_changes(saved: Config | dict, cfg: Config) -> tuple[list[tuple[str, A
         return free, None
     fixed = [k for k, _, _ in blocked if _is_fixed(k)]
     shown = "; ".join(f"{k} {a!r} -> {b!r}" for k, a, b in blocked)
-    ways = f"resume with the checkpoint's values, or start a new run (another train.output_dir)"
+    ways = "resume with the checkpoint's values, or start a new run (another train.output_dir)"
     allowable = [k for k, _, _ in blocked if k not in fixed]
     if allowable:
         ways += f", or accept the change with train.allow_config_change=[{','.join(allowable)}]"

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cpu_runs import DATA, REPO, command, environment, free_port, run, weights
+from cpu_runs import REPO, command, environment, free_port, run, weights
 from hybrid_dist.training.reliability import checkpoints as ckpt
 
 
