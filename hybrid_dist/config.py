@@ -125,6 +125,10 @@ class TrainConfig:
     compile: bool = False  # torch.compile the encoder (dynamic shapes)
     # false: no final checkpoint and no <output_dir>/model (results.json only; e.g. a study's runs)
     save_final: bool = True
+    # seconds a rank waits in a collective for its peers before it fails (a lost node ends the
+    # job instead of hanging it until the time limit); long enough for rank 0's evaluation and
+    # checkpoint writes while the others wait at a barrier
+    collective_timeout_s: int = 600
 
 
 @dataclass
@@ -334,7 +338,8 @@ def flatten(cfg: Config | dict) -> dict[str, Any]:
 
 #: where a run writes and how it reports: the same training with other values here is the same run
 OUTPUT_KEYS = frozenset({"train.output_dir", "train.resume", "train.progress_bar", "train.log_every",
-                         "train.save_every", "train.keep_last", "train.min_free_bytes", "train.save_final"})
+                         "train.save_every", "train.keep_last", "train.min_free_bytes", "train.save_final",
+                         "train.collective_timeout_s"})
 #: what a resume may also change (how long, whether to evaluate first) without training something else
 RESUME_FREE_KEYS = OUTPUT_KEYS | {"train.max_steps", "eval.before_training"}
 
