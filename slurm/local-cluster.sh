@@ -2,7 +2,7 @@
 # A real single-node SLURM cluster on localhost (slurmctld + slurmd + munged, no systemd, no
 # cgroups), for the SLURM tests and for trying slurm/*.sbatch on a workstation.
 #
-#   slurm/local-cluster.sh install   # apt-get install slurm-wlm munge (root)
+#   slurm/local-cluster.sh install   # apt-get install slurm-wlm munge iproute2 (root)
 #   slurm/local-cluster.sh start     # prints `export SLURM_CONF=...`; waits until the node is idle
 #   slurm/local-cluster.sh stop      # stops the daemons it started (by their pid files)
 #
@@ -20,14 +20,16 @@
 set -euo pipefail
 DIR=${SLURM_LOCAL_DIR:-/tmp/hybrid-dist-slurm}
 HOST=$(hostname -s)
-CPUS=${SLURM_LOCAL_CPUS:-$(nproc)}
+# GNU nproc answers OMP_NUM_THREADS when it is set; slurmd wants the real count
+CPUS=${SLURM_LOCAL_CPUS:-$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)}
 MEM_MB=${SLURM_LOCAL_MEM_MB:-8000}
 MUNGE_PID=/run/munge/hybrid-dist-munged.pid
 
 install() {
     export DEBIAN_FRONTEND=noninteractive
-    command -v slurmctld >/dev/null && command -v munged >/dev/null && return 0
-    apt-get update -qq && apt-get install -y -qq slurm-wlm munge >/dev/null
+    # iproute2 (ip netns) for the two-host mode
+    command -v slurmctld >/dev/null && command -v munged >/dev/null && command -v ip >/dev/null && return 0
+    apt-get update -qq && apt-get install -y -qq slurm-wlm munge iproute2 >/dev/null
 }
 
 start_munge() {

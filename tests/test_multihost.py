@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -81,6 +82,9 @@ def cluster(tmp_path_factory):
         start = subprocess.run([str(CLUSTER), "multihost-start"], env=env, capture_output=True, text=True, timeout=120)
         assert start.returncode == 0, f"the two-host cluster did not start:\n{start.stdout}\n{start.stderr}"
         env["SLURM_CONF"] = str(Path(env["SLURM_MULTIHOST_DIR"]) / "slurm.conf")
+        # job logs of this session only: the job ids start at 1 again with every new cluster, and
+        # hybrid.sbatch appends to logs/%x-%j.out
+        env["HD_TEST_LOGS"] = str(tmp_path_factory.mktemp("joblogs"))
         yield env
     finally:
         subprocess.run([str(CLUSTER), "multihost-stop"], env=env, timeout=120)
@@ -94,9 +98,13 @@ def on(node: str, *cmd: str, env, **kw) -> subprocess.CompletedProcess:
                           text=True, timeout=kw.pop("timeout", 60), **kw)
 
 
+LOGS: dict[str, Path] = {}  # job name -> its log directory
+
+
 def submit(env, script: str, name: str, *sbatch_args: str, **job_env: str) -> str:
-    proc = on("node1", "sbatch", "--parsable", f"--job-name={name}", *sbatch_args, str(REPO / "slurm" / script),
-              env=dict(env, **job_env), cwd=REPO)
+    LOGS[name] = Path(env["HD_TEST_LOGS"])
+    proc = on("node1", "sbatch", "--parsable", f"--job-name={name}", f"--output={LOGS[name]}/%x-%j.out",
+              *sbatch_args, str(REPO / "slurm" / script), env=dict(env, **job_env), cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.strip().split(";")[0]
 
@@ -125,11 +133,13 @@ def wait_done(env, job: str, name: str, timeout: float = 300) -> str:
         if state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"):
             return state
         time.sleep(1)
-    raise TimeoutError(f"job {job} still {job_field(env, job, 'JobState')} after {timeout}s:\n{log_of(name, job)[-3000:]}")
+    hosts = on("node1", "sinfo", "-N", "-o", "%N %T %E", env=env).stdout
+    raise TimeoutError(f"job {job} still {job_field(env, job, 'JobState')} (reason {job_field(env, job, 'Reason')}) "
+                       f"after {timeout}s; hosts:\n{hosts}\n{log_of(name, job)[-3000:]}")
 
 
 def log_of(name: str, job: str) -> str:
-    path = REPO / "logs" / f"{name}-{job}.out"
+    path = LOGS[name] / f"{name}-{job}.out"
     return path.read_text() if path.exists() else ""
 
 
@@ -217,3 +227,126 @@ def test_deepspeed_zero2_across_two_hosts_equals_ddp(cluster, ddp_two_hosts, tmp
     shards = sorted(p.name for p in (out / "checkpoints" / "step-00000006").rglob("*optim_states.pt"))
     assert len(shards) == 2, shards
     assert_same_weights(weights(out), weights(ddp_two_hosts[0]))
+
+
+# ---------------------------------------------------------------- 3: a lost node
+
+
+def test_killed_node_ends_the_job_and_a_resubmitted_job_resumes_to_the_same_weights(cluster, ddp_two_hosts, tmp_path):
+    """Rank 1 (node2) stops before step 5 (after the checkpoint of step 3), rank 0 waits for it in
+    a collective; then every training process on node2 is killed with SIGKILL."""
+    out, name = tmp_path / "run", "hd-mh-nodefail"
+    job = train_job(cluster, name, out, HYBRID_DIST_FAULT="hang@5:r1")
+    deadline = time.time() + 240
+    while "fault injection: rank 1" not in log_of(name, job):
+        assert time.time() < deadline and job_field(cluster, job, "JobState") in ("PENDING", "RUNNING"), \
+            log_of(name, job)[-4000:]
+        time.sleep(0.5)
+    victims, survivors = training_ranks("node2"), training_ranks("node1")
+    assert len(victims) == 1 and len(survivors) == 1, (victims, survivors)
+    for pid in victims:
+        os.kill(pid, signal.SIGKILL)
+    # the job fails by itself, long before its 10-minute limit (FAILED, not TIMEOUT)
+    assert wait_done(cluster, job, name, timeout=240) == "FAILED", log_of(name, job)[-4000:]
+    assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in survivors)
+    log = log_of(name, job)
+    # the surviving rank saw the peer on node2 go away; the job's last words name host and rank
+    assert f"Connection closed by peer [{ADDR['node2']}]" in log
+    summary = next(line for line in log.splitlines() if line.startswith("[hybrid.sbatch] training failed"))
+    assert "node2: task 1" in summary and "host node2" in summary and "rank 1" in summary and "SIGKILL" in summary, summary
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000003"]
+
+    # resubmitted without the fault: resumes from step 3 and ends where the uninterrupted run ended
+    name = "hd-mh-resubmit"
+    job = train_job(cluster, name, out)
+    assert wait_done(cluster, job, name) == "COMPLETED", log_of(name, job)[-5000:]
+    log = log_of(name, job)
+    assert "resumed from" in log and "step-00000003" in log
+    assert_same_weights(weights(out), weights(ddp_two_hosts[0]), rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------- 4: preemption across hosts
+
+
+def test_preempted_task_mode_job_checkpoints_on_both_hosts_requeues_and_resumes(cluster, tmp_path):
+    """hybrid.sbatch's task mode (one `srun` task per host, ranks from SLURM_PROCID) sent SIGUSR1,
+    as SLURM does before the time limit: one checkpoint holding both hosts' ranks, a requeue, and
+    the requeued job finishes from that checkpoint."""
+    out, name = tmp_path / "run", "hd-mh-preempt"
+    job = train_job(cluster, name, out, MODE="task",
+                    overrides="train.max_steps=240 train.save_every=40 sampler.batch_size=16 "
+                              "model.scratch.hidden_size=64 model.scratch.intermediate_size=128")
+    first = out / "checkpoints" / "step-00000040"
+    deadline = time.time() + 240
+    while not first.exists():
+        assert time.time() < deadline, "no checkpoint at step 40"
+        assert job_field(cluster, job, "JobState") in ("PENDING", "RUNNING"), log_of(name, job)[-4000:]
+        time.sleep(0.2)
+    # both ranks run, one per host
+    assert len(host_pids("node1", "hybrid_dist.train")) >= 1 and len(host_pids("node2", "hybrid_dist.train")) >= 1
+    on("node1", "scancel", "--signal=USR1", job, env=cluster, check=True)
+    deadline = time.time() + 180
+    while job_field(cluster, job, "Restarts") == "0" or job_field(cluster, job, "JobState") != "PENDING":
+        assert time.time() < deadline and job_field(cluster, job, "JobState") in ("RUNNING", "PENDING", "COMPLETING"), \
+            log_of(name, job)[-4000:]
+        time.sleep(0.2)
+    # the preemption checkpoint holds both hosts' ranks (rank 0 on node1, rank 1 on node2); looked
+    # at now, before the resumed run's newer checkpoints may rotate it out
+    preempted_at = int(log_of(name, job).split("preempted (SIGUSR1) at step ")[1].split(":")[0])
+    sealed = out / "checkpoints" / f"step-{preempted_at:08d}"
+    assert sorted(p.name for p in sealed.glob("random_states_*.pkl")) == ["random_states_0.pkl", "random_states_1.pkl"]
+    # as in tests/test_slurm.py: lift SLURM's requeue hold only once both hosts cleaned up the first run
+    deadline = time.time() + 120
+    while on("node1", "sinfo", "--noheader", "-N", "--format=%T", env=cluster).stdout.split() != ["idle", "idle"]:
+        assert time.time() < deadline, "hosts not idle after the requeue"
+        time.sleep(0.2)
+    time.sleep(2)
+    on("node1", "scontrol", "update", f"JobId={job}", "StartTime=now", env=cluster, check=True)
+    assert wait_done(cluster, job, name, timeout=420) == "COMPLETED", log_of(name, job)[-4000:]
+
+    log = log_of(name, job)
+    assert int(job_field(cluster, job, "Restarts")) == 1
+    assert "mode=task nodes=2 tasks=2" in log
+    # once per host: each host's first rank reports (Accelerate prints on local main processes),
+    # both at the same step, and only in the first run
+    assert re.findall(r"preempted \(SIGUSR1\) at step (\d+)", log) == [str(preempted_at)] * 2
+    assert log.count(f"requeueing job {job}") == 1
+    assert 40 <= preempted_at < 240
+    resumed_part = log.split(f"job {job} restart 1")[1]
+    assert f"step-{preempted_at:08d}" in resumed_part and "trained to step 240" in resumed_part
+    state = json.loads((out / "checkpoints" / "step-00000240" / "trainer_state.json").read_text())
+    assert state["step"] == 240
+
+
+# ---------------------------------------------------------------- 5: Ray across hosts
+
+
+def test_tune_sbatch_runs_one_trial_on_each_host(cluster, tmp_path):
+    """slurm/tune.sbatch on the two-host allocation: Ray's head on node1, a worker on node2. Each
+    trial needs 1.75 of a host's 2 CPUs (2 Train workers x 0.75 + 0.25 for the trial) and runs
+    whole on one host (STRICT_PACK), so two concurrent trials must use both hosts."""
+    pytest.importorskip("ray")
+    name = "hd-mh-tune"
+    ray_tmp = f"/tmp/ray-hd-mh-{os.getpid()}"  # what _leftovers() looks for
+    job = submit(cluster, "tune.sbatch", name, "--nodes=2", SEARCH=str(REPO / "ray_configs" / "tiny-cpu.yaml"),
+                 STORAGE=str(tmp_path), RAY_TMPDIR=ray_tmp,
+                 OVERRIDES="search.num_samples=2 search.max_concurrent_trials=2 resources.cpus_per_worker=0.75 "
+                           "resources.placement_strategy=STRICT_PACK overrides.train.max_steps=20")
+    assert wait_done(cluster, job, name, timeout=420) == "COMPLETED", log_of(name, job)[-5000:]
+    log = log_of(name, job)
+    assert f"head node1 ({ADDR['node1']}:" in log and "[tune.sbatch] search finished" in log
+    search = tmp_path / "tiny-cpu"
+    assert (search / "best.yaml").exists()
+    # Tune stamps every reported result with the host and address of the process that ran the trial
+    where = {}
+    for result in search.glob("run_trial_*/result.json"):
+        last = json.loads(result.read_text().splitlines()[-1])
+        where[last["trial_id"]] = (last["hostname"], last["node_ip"])
+    assert sorted(where.values()) == [("node1", ADDR["node1"]), ("node2", ADDR["node2"])], where
+    # both trials trained (their rows in the search's table)
+    rows = json.loads((search / "trials.json").read_text())
+    rows = rows["trials"] if isinstance(rows, dict) else rows
+    assert sorted(r["trial_id"] for r in rows) == sorted(where) and all(r["step"] >= 10 for r in rows), rows
+    # Ray stopped on both hosts
+    left = [pid for node in NETNS for pid in host_pids(node, "ray")]
+    assert not left, [" ".join(psutil.Process(p).cmdline())[:200] for p in left if psutil.pid_exists(p)]
