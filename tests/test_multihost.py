@@ -5,7 +5,7 @@ and collective below crosses that link: node2's namespace reaches nothing but no
 
 1. `sbatch --nodes 2` hybrid.sbatch in node mode (one `accelerate launch` per host, DDP over
    gloo) trains the weights one process trains on the same global batches;
-2. the same with the DeepSpeed ZeRO-2 multi-node launcher equals the DDP run;
+2. the same with the DeepSpeed ZeRO-2 multi-node launcher, two processes per host, equals the DDP run;
 3. kill -9 of node2's training process: the job fails (no hang), names the lost host and rank,
    and a resubmitted job resumes from the last complete checkpoint to the uninterrupted weights;
 4. SIGUSR1 to a task-mode job on both hosts: one checkpoint with both hosts' ranks, requeue, resume;
@@ -220,12 +220,14 @@ def test_ddp_node_mode_across_two_hosts_equals_one_process(ddp_two_hosts, single
 
 
 def test_deepspeed_zero2_across_two_hosts_equals_ddp(cluster, ddp_two_hosts, tmp_path):
+    """Two processes per host here (4 ranks, 2 pairs each): ranks on the same host and across hosts."""
     out, name = tmp_path / "run", "hd-mh-zero2"
-    job = train_job(cluster, name, out, LAUNCHER="launchers/zero2-multinode.yaml")
+    job = train_job(cluster, name, out, LAUNCHER="launchers/zero2-multinode.yaml", GPUS_PER_NODE="2")
     assert wait_done(cluster, job, name) == "COMPLETED", log_of(name, job)[-5000:]
-    # DeepSpeed's own checkpoint: one optimizer shard per rank, i.e. per host
+    assert "mode=node nodes=2 tasks=2 gpus/node=2" in log_of(name, job)
+    # DeepSpeed's own checkpoint: one optimizer shard per rank
     shards = sorted(p.name for p in (out / "checkpoints" / "step-00000006").rglob("*optim_states.pt"))
-    assert len(shards) == 2, shards
+    assert len(shards) == 4, shards
     assert_same_weights(weights(out), weights(ddp_two_hosts[0]))
 
 
