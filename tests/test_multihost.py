@@ -8,6 +8,7 @@ and collective below crosses that link: node2's namespace reaches nothing but no
 2. the same with the DeepSpeed ZeRO-2 multi-node launcher, two processes per host, equals the DDP run;
 3. kill -9 of node2's training process: the job fails (no hang), names the lost host and rank,
    and a resubmitted job resumes from the last complete checkpoint to the uninterrupted weights;
+   a rank on node2 that hangs with its connections open ends the job after train.collective_timeout_s;
 4. SIGUSR1 to a task-mode job on both hosts: one checkpoint with both hosts' ranks, requeue, resume;
 5. slurm/tune.sbatch: Ray head on node1, a worker on node2, one trial on each host.
 
@@ -184,39 +185,39 @@ def training_ranks(node: str) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def single_process(tmp_path_factory) -> dict:
-    """The tiny config in one plain process: the global batches the two hosts share."""
-    out = tmp_path_factory.mktemp("single") / "run"
-    proc = subprocess.run([sys.executable, "-m", "hybrid_dist.train", "--config", str(REPO / "configs" / "tiny.yaml"),
-                           f"train.output_dir={out}", *COMMON.split()], cwd=REPO, capture_output=True, text=True,
-                          timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
-                                                PYTHONPATH=str(REPO)))
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return weights(out)
-
-
-@pytest.fixture(scope="module")
-def ddp_two_hosts(cluster, tmp_path_factory) -> tuple[Path, str]:
-    out = tmp_path_factory.mktemp("ddp") / "run"
-    name = "hd-mh-ddp"
-    job = train_job(cluster, name, out)
-    assert wait_done(cluster, job, name) == "COMPLETED", log_of(name, job)[-5000:]
-    return out, log_of(name, job)
+def ddp_two_hosts(cluster, tmp_path_factory) -> dict:
+    """The tiny config as a DDP job on both hosts, and (at the same time, to save a minute) in one
+    plain process on the same global batches: the oracle."""
+    base = tmp_path_factory.mktemp("ddp")
+    single = subprocess.Popen([sys.executable, "-m", "hybrid_dist.train", "--config", str(REPO / "configs" / "tiny.yaml"),
+                               f"train.output_dir={base / 'single'}", *COMMON.split()], cwd=REPO, env=cluster,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        name = "hd-mh-ddp"
+        job = train_job(cluster, name, base / "ddp")
+        assert wait_done(cluster, job, name) == "COMPLETED", log_of(name, job)[-5000:]
+        single_out, _ = single.communicate(timeout=300)
+    finally:
+        if single.poll() is None:
+            single.kill()
+            single.wait()
+    assert single.returncode == 0, single_out[-4000:]
+    return {"out": base / "ddp", "log": log_of(name, job), "single": weights(base / "single")}
 
 
 # ---------------------------------------------------------------- 1, 2: DDP and ZeRO-2 across hosts
 
 
-def test_ddp_node_mode_across_two_hosts_equals_one_process(ddp_two_hosts, single_process):
-    out, log = ddp_two_hosts
+def test_ddp_node_mode_across_two_hosts_equals_one_process(ddp_two_hosts):
+    out, log = ddp_two_hosts["out"], ddp_two_hosts["log"]
     # the head is node1, which resolves to its namespace address (not localhost)
-    assert "mode=node nodes=2" in log and f"head=node1:" in log and f"({ADDR['node1']})" in log
+    assert "mode=node nodes=2" in log and "head=node1:" in log and f"({ADDR['node1']})" in log
     assert "finished with exit code 0" in log
     last = out / "checkpoints" / "step-00000006"
     assert json.loads((last / "trainer_state.json").read_text())["step"] == 6
     # one rank per host, each saved its RNG state
     assert sorted(p.name for p in last.glob("random_states_*.pkl")) == ["random_states_0.pkl", "random_states_1.pkl"]
-    assert_same_weights(weights(out), single_process)
+    assert_same_weights(weights(out), ddp_two_hosts["single"])
 
 
 def test_deepspeed_zero2_across_two_hosts_equals_ddp(cluster, ddp_two_hosts, tmp_path):
@@ -228,7 +229,7 @@ def test_deepspeed_zero2_across_two_hosts_equals_ddp(cluster, ddp_two_hosts, tmp
     # DeepSpeed's own checkpoint: one optimizer shard per rank
     shards = sorted(p.name for p in (out / "checkpoints" / "step-00000006").rglob("*optim_states.pt"))
     assert len(shards) == 4, shards
-    assert_same_weights(weights(out), weights(ddp_two_hosts[0]))
+    assert_same_weights(weights(out), weights(ddp_two_hosts["out"]))
 
 
 # ---------------------------------------------------------------- 3: a lost node
@@ -264,7 +265,21 @@ def test_killed_node_ends_the_job_and_a_resubmitted_job_resumes_to_the_same_weig
     assert wait_done(cluster, job, name) == "COMPLETED", log_of(name, job)[-5000:]
     log = log_of(name, job)
     assert "resumed from" in log and "step-00000003" in log
-    assert_same_weights(weights(out), weights(ddp_two_hosts[0]), rtol=1e-5, atol=1e-6)
+    assert_same_weights(weights(out), weights(ddp_two_hosts["out"]), rtol=1e-5, atol=1e-6)
+
+
+def test_silently_hung_node_ends_the_job_after_the_collective_timeout(cluster, tmp_path):
+    """node2's rank stops before step 5 and keeps its connections open (a host that froze, not
+    one that died): node1's rank gives up after train.collective_timeout_s, not at the time limit."""
+    out, name = tmp_path / "run", "hd-mh-hung"
+    job = train_job(cluster, name, out, overrides="train.collective_timeout_s=15", HYBRID_DIST_FAULT="hang@5:r1")
+    assert wait_done(cluster, job, name, timeout=240) == "FAILED", log_of(name, job)[-4000:]
+    log = log_of(name, job)
+    assert "fault injection: rank 1" in log
+    assert "Timed out waiting 15000ms" in log  # gloo, on node1's rank: the configured timeout applied
+    summary = next(line for line in log.splitlines() if line.startswith("[hybrid.sbatch] training failed"))
+    assert "host node1, rank 0" in summary, summary  # the rank that timed out; srun then stopped node2
+    assert training_ranks("node1") == [] and training_ranks("node2") == []
 
 
 # ---------------------------------------------------------------- 4: preemption across hosts
