@@ -128,6 +128,10 @@ class TrainConfig:
     # keys that a resume may change although they change what is trained (e.g. [optim.lr]); see
     # RESUME_FREE_KEYS / RESUME_FIXED_KEYS and docs/reliability.md
     allow_config_change: list[str] = field(default_factory=list)
+    # seconds a rank waits in a collective for its peers before it fails (a lost node ends the
+    # job instead of hanging it until the time limit); long enough for rank 0's evaluation and
+    # checkpoint writes while the others wait at a barrier
+    collective_timeout_s: int = 600
 
 
 @dataclass
@@ -232,6 +236,7 @@ def config_problems(cfg: Config) -> list[str]:
     need("train.max_bad_steps", t.max_bad_steps >= 0, "at least 0")
     need("train.min_free_bytes", t.min_free_bytes >= 0, "at least 0")
     need("train.length_group_size", t.length_group_size >= 0, "at least 0 (0: off)")
+    need("train.collective_timeout_s", t.collective_timeout_s >= 1, "at least 1 second")
     import signal
 
     for name in t.preemption_signals:
@@ -419,7 +424,8 @@ def flatten(cfg: Config | dict) -> dict[str, Any]:
 
 #: where a run writes and how it reports: the same training with other values here is the same run
 OUTPUT_KEYS = frozenset({"train.output_dir", "train.resume", "train.progress_bar", "train.log_every",
-                         "train.save_every", "train.keep_last", "train.min_free_bytes", "train.save_final"})
+                         "train.save_every", "train.keep_last", "train.min_free_bytes", "train.save_final",
+                         "train.collective_timeout_s"})
 #: what a resume may change (with a message): how long, how often to save, log and evaluate, and
 #: how a step is computed where the gradients stay the same
 RESUME_FREE_KEYS = OUTPUT_KEYS | {
@@ -448,7 +454,8 @@ def _fixed_reason(key: str) -> str:
 def resume_changes(saved: Config | dict, cfg: Config) -> tuple[list[tuple[str, Any, Any]], str | None]:
     """Compare a checkpoint's config with this run's: ``(changes that may go ahead, the refusal)``.
     The refusal is one line naming every key that changes what is trained and the ways forward."""
-    changed = differences(saved, cfg)
+    # a key the checkpoint's config lacks (added to the code since) had its default then
+    changed = differences({**flatten(Config()), **flatten(saved)}, flatten(cfg))
     free = [c for c in changed if c[0] in RESUME_FREE_KEYS or c[0] in cfg.train.allow_config_change]
     blocked = [c for c in changed if c not in free]
     if not blocked:

@@ -11,6 +11,7 @@ import contextlib
 import math
 import os
 import warnings
+from datetime import timedelta
 
 import torch
 from accelerate import Accelerator
@@ -24,8 +25,11 @@ def _env_flag(name: str) -> bool:
     return os.environ.get(name, "false").lower() in ("true", "1", "yes")
 
 
-def build_accelerator(**kwargs) -> Accelerator:
+def build_accelerator(collective_timeout_s: float | None = None, **kwargs) -> Accelerator:
     """An Accelerator for the launcher's backend on GPUs or on this machine's CPU.
+
+    ``collective_timeout_s``: how long a rank waits in a collective (and the rendezvous) for a
+    peer before it fails; ``None`` keeps torch's default (30 min for gloo, 10 for NCCL).
 
     Without CUDA, Accelerate's ``cpu=True`` runs DDP over gloo but silently drops a DeepSpeed
     plugin; DeepSpeed has a CPU accelerator of its own, so under a DeepSpeed launcher the process
@@ -39,14 +43,17 @@ def build_accelerator(**kwargs) -> Accelerator:
         print(f"launcher gradient_accumulation_steps={launcher_steps} ignored: "
               f"train.gradient_accumulation_steps={steps} applies", flush=True)
     os.environ["ACCELERATE_GRADIENT_ACCUMULATION_STEPS"] = steps
+    group = {} if collective_timeout_s is None else {"timeout": timedelta(seconds=collective_timeout_s)}
     if not cuda and _env_flag("ACCELERATE_USE_DEEPSPEED"):
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
-        return Accelerator(cpu=False, kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")], **kwargs)
+        # Accelerate hands these to deepspeed.init_distributed as well (backend and timeout)
+        return Accelerator(cpu=False, kwargs_handlers=[InitProcessGroupKwargs(backend="gloo", **group)], **kwargs)
     if not cuda and _env_flag("ACCELERATE_USE_FSDP"):
         raise ValueError(
             "FSDP needs GPUs: Accelerate enables its FSDP plugin only on accelerator devices (this machine has "
             "no CUDA). Use a DDP or DeepSpeed launcher on CPU, or run the FSDP launcher on a GPU node.")
-    return Accelerator(cpu=not cuda, **kwargs)  # any launcher (torchrun, SLURM) then runs gloo on CPU
+    handlers = [InitProcessGroupKwargs(**group)] if group else []
+    return Accelerator(cpu=not cuda, kwargs_handlers=handlers, **kwargs)  # any launcher (torchrun, SLURM) then runs gloo on CPU
 
 
 def accelerator_for(train, project_dir) -> Accelerator:
@@ -55,7 +62,8 @@ def accelerator_for(train, project_dir) -> Accelerator:
         # bit-identical reruns and resumes (same hardware, same thread count); cuBLAS needs its workspace fixed
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
-    return build_accelerator(gradient_accumulation_steps=train.gradient_accumulation_steps,
+    return build_accelerator(collective_timeout_s=train.collective_timeout_s,
+                             gradient_accumulation_steps=train.gradient_accumulation_steps,
                              mixed_precision=resolve_mixed_precision(train.mixed_precision),
                              log_with="tensorboard", project_dir=str(project_dir))
 
