@@ -285,12 +285,15 @@ def test_silently_hung_node_ends_the_job_after_the_collective_timeout(cluster, t
 # ---------------------------------------------------------------- 4: preemption across hosts
 
 
-def test_preempted_task_mode_job_checkpoints_on_both_hosts_requeues_and_resumes(cluster, tmp_path):
-    """hybrid.sbatch's task mode (one `srun` task per host, ranks from SLURM_PROCID) sent SIGUSR1,
-    as SLURM does before the time limit: one checkpoint holding both hosts' ranks, a requeue, and
-    the requeued job finishes from that checkpoint."""
-    out, name = tmp_path / "run", "hd-mh-preempt"
-    job = train_job(cluster, name, out, MODE="task",
+@pytest.mark.parametrize("mode", ["task", "node"])
+def test_preempted_job_checkpoints_on_both_hosts_requeues_and_resumes(cluster, tmp_path, mode):
+    """hybrid.sbatch sent SIGUSR1, as SLURM does before the time limit, in task mode (one `srun`
+    task per host, ranks from SLURM_PROCID) and node mode (one `hybrid-dist-launch accelerate
+    launch` per host): one checkpoint holding both hosts' ranks, the step ends with exit 75 (node
+    mode: through the wrapper, as accelerate launch cannot pass it on), a requeue, and the requeued
+    job finishes from that checkpoint."""
+    out, name = tmp_path / "run", f"hd-mh-preempt-{mode}"
+    job = train_job(cluster, name, out, MODE=mode,
                     overrides="train.max_steps=240 train.save_every=40 sampler.batch_size=16 "
                               "model.scratch.hidden_size=64 model.scratch.intermediate_size=128")
     first = out / "checkpoints" / "step-00000040"
@@ -323,7 +326,8 @@ def test_preempted_task_mode_job_checkpoints_on_both_hosts_requeues_and_resumes(
 
     log = log_of(name, job)
     assert int(job_field(cluster, job, "Restarts")) == 1
-    assert "mode=task nodes=2 tasks=2" in log
+    assert f"mode={mode} nodes=2" in log
+    assert "[hybrid.sbatch] preempted (exit 75)" in log
     # once per host: each host's first rank reports (Accelerate prints on local main processes),
     # both at the same step, and only in the first run
     assert re.findall(r"preempted \(SIGUSR1\) at step (\d+)", log) == [str(preempted_at)] * 2
