@@ -50,6 +50,23 @@ start_munge() {
     echo "munged did not start" >&2; return 1
 }
 
+# what both clusters (one host, two hosts) schedule with
+scheduling_conf() {
+    cat <<CONF
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+ReturnToService=2
+MpiDefault=none
+JobAcctGatherType=jobacct_gather/none
+SchedulerType=sched/backfill
+# preemption tests requeue jobs: let them start again at once
+JobRequeue=1
+MinJobAge=300
+CONF
+}
+
 write_conf() {
     mkdir -p "$DIR/state" "$DIR/spool" "$DIR/log"
     cat > "$DIR/slurm.conf" <<CONF
@@ -65,17 +82,7 @@ SlurmctldPidFile=$DIR/slurmctld.pid
 SlurmdPidFile=$DIR/slurmd.pid
 SlurmctldLogFile=$DIR/log/slurmctld.log
 SlurmdLogFile=$DIR/log/slurmd.log
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
-ReturnToService=2
-MpiDefault=none
-JobAcctGatherType=jobacct_gather/none
-SchedulerType=sched/backfill
-# preemption tests requeue jobs: let them start again at once
-JobRequeue=1
-MinJobAge=300
+$(scheduling_conf)
 NodeName=$HOST CPUs=$CPUS RealMemory=$MEM_MB State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES
 CONF
@@ -138,16 +145,7 @@ SlurmctldPidFile=$MH_DIR/slurmctld.pid
 SlurmdPidFile=$MH_DIR/slurmd-%n.pid
 SlurmctldLogFile=$MH_DIR/log/slurmctld.log
 SlurmdLogFile=$MH_DIR/log/slurmd-%n.log
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
-ReturnToService=2
-MpiDefault=none
-JobAcctGatherType=jobacct_gather/none
-SchedulerType=sched/backfill
-JobRequeue=1
-MinJobAge=300
+$(scheduling_conf)
 # a node whose slurmd stops answering is DOWN after 30 s, not the default 300
 SlurmdTimeout=30
 NodeName=node1 NodeAddr=$MH_NET.1 CPUs=$CPUS RealMemory=$MEM_MB State=UNKNOWN
