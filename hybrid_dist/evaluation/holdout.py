@@ -103,3 +103,10 @@ def group_cells(benchmark, query_emb, cand_emb, matrix_map: Mapping[str, Mapping
                 cell = {"mono_map": nanmean(matrix_map[x][x] for x in qs), **cell}
             cells[f"{a}->{b}"] = cell
     return {"groups": groups, "cells": cells}
+
+
+def flat_cells(groups: Mapping) -> dict[str, float]:
+    """The cells as flat summary keys (``seen_to_unseen_multi_map``, ...): what the trainer logs,
+    Ray Tune can optimise and ``eval.metric`` can select by."""
+    return {f"{cell.replace('->', '_to_')}_{metric}": value
+            for cell, metrics in groups.get("cells", {}).items() for metric, value in metrics.items()}

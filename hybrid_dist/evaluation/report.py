@@ -33,7 +33,8 @@ def metric_direction(name: str) -> str:
     ``bias_max_rank_distance`` is lower-better; ``bias_same_minus_other`` is best near 0
     (its absolute value is lower-better), everything else higher-better."""
     base = name.rsplit("/", 1)[-1]
-    return "min" if base in LOWER_IS_BETTER or base == "bias_same_minus_other" else "max"
+    lower = base in LOWER_IS_BETTER or base.endswith(tuple(f"_{m}" for m in LOWER_IS_BETTER))  # hold-out cells
+    return "min" if lower or base == "bias_same_minus_other" else "max"
 
 
 def is_better(name: str, new: float, best: float | None) -> bool:

@@ -187,6 +187,10 @@ class Trainer:
         )
         self.last_evaluation = result
         summary = dict(result.summary)
+        if result.groups:  # a language hold-out: the seen/unseen cells as flat keys too
+            from hybrid_dist.evaluation.holdout import flat_cells
+
+            summary.update(flat_cells(result.groups))
         acc.log({f"eval/{k}": v for k, v in summary.items()}, step=self.step)
         return summary
 
