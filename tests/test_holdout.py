@@ -124,3 +124,30 @@ def test_config_rules(overrides, message):
 def test_one_training_language_is_fine_for_monolingual_batches():
     cfg = load_config(None, ["data.train_languages=[en]", "sampler.mode=mono"])
     assert cfg.data.train_languages == ["en"]
+
+
+def test_cli_hold_out_cells_agree_with_the_matrix(tmp_path, xquad_dir, capsys):
+    """`hybrid_dist.evaluate --seen-languages` on real XQuAD-R (a tiny random encoder): with one
+    unseen language the pool of the unseen group is that language alone, so its multilingual cells
+    must equal X->es settings that the main scorer computes independently."""
+    from hybrid_dist.evaluate import main
+    from toy_eval import tiny_biencoder
+
+    model = tiny_biencoder(["the quick brown fox", "der schnelle braune fuchs"], hidden=32, layers=1)
+    model.save_pretrained(tmp_path / "tiny")
+    out = tmp_path / "out"
+    assert main(["--model", str(tmp_path / "tiny"), "--benchmark", "xquad-r", "--data", str(xquad_dir),
+                 "--languages", "en,de,es", "--seen-languages", "en,de", "--output-dir", str(out), "--no-cache",
+                 "--no-progress", "--no-heatmap", "--batch-size", "128"]) == 0
+    assert "seen->unseen" in capsys.readouterr().out
+    import json
+
+    r = json.loads((out / "results.json").read_text())["results"]["xquad-r"]
+    m, cells = r["matrix"]["map"], r["groups"]["cells"]
+    assert r["groups"]["groups"] == {"seen": ["de", "en"], "unseen": ["es"]}
+    assert cells["unseen->unseen"]["multi_map"] == pytest.approx(m["es"]["es"], abs=1e-9)
+    assert cells["seen->unseen"]["multi_map"] == pytest.approx((m["en"]["es"] + m["de"]["es"]) / 2, abs=1e-9)
+    assert cells["seen->unseen"]["cross_map"] == pytest.approx((m["en"]["es"] + m["de"]["es"]) / 2, abs=1e-9)
+    assert cells["seen->seen"]["mono_map"] == pytest.approx((m["en"]["en"] + m["de"]["de"]) / 2, abs=1e-9)
+    assert cells["unseen->seen"]["cross_map"] == pytest.approx((m["es"]["en"] + m["es"]["de"]) / 2, abs=1e-9)
+    assert cells["unseen->unseen"]["cross_map"] is None  # nan (no X != Y pair in one language), JSON null

@@ -171,6 +171,17 @@ def format_holdout_table(base: Mapping, tuned: Mapping, labels: tuple[str, str] 
     return "\n".join(lines)
 
 
+def format_cells_table(groups: Mapping) -> str:
+    """One model's language hold-out cells (``LareqaResult.groups``) as a Markdown table."""
+    g = groups.get("groups", {})
+    lines = [f"seen: {', '.join(g.get('seen', []))}; unseen: {', '.join(g.get('unseen', [])) or '(none)'}", "",
+             "| cell (query -> passage) | " + " | ".join(t for t, _ in HOLDOUT_COLUMNS) + " |",
+             "| --- |" + " ---: |" * len(HOLDOUT_COLUMNS)]
+    for cell, row in groups.get("cells", {}).items():
+        lines.append(f"| {cell} | " + " | ".join(_fmt(row.get(m), m) for _, m in HOLDOUT_COLUMNS) + " |")
+    return "\n".join(lines)
+
+
 def _fmt_delta(value, metric: str) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
