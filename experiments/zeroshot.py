@@ -48,8 +48,9 @@ def arms(retention: float) -> dict[str, list[str]]:
     }
 
 
-def run_overrides(size: str, arm_overrides: list[str], seed: int, out_dir: Path, extra: list[str]) -> list[str]:
-    return [*SIZES[size][1], "data.languages=null", f"data.train_languages=[{','.join(SEEN)}]",
+def run_overrides(size: str, arm_overrides: list[str], seed: int, out_dir: Path, extra: list[str],
+                  seen: list[str] = SEEN) -> list[str]:
+    return [*SIZES[size][1], "data.languages=null", f"data.train_languages=[{','.join(seen)}]",
             "train.save_every=0", "train.save_final=false", "train.progress_bar=false", "eval.before_training=false",
             *extra, *arm_overrides, f"train.seed={seed}", f"train.output_dir={out_dir}"]
 
@@ -126,30 +127,41 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--retention", type=float, default=None, help="optim.retention_weight of the retention arm "
                    "(default: the size's, cpu 2000, gpu 300)")
+    p.add_argument("--arms", default="zero-shot,hybrid,hybrid+retention",
+                   help="comma-separated subset of the arms (default all; e.g. a second process for other seeds)")
+    p.add_argument("--seen", default=",".join(SEEN), help="the training languages (default %(default)s)")
     p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
-                   help="start no run after this many seconds; rerun the same command to continue")
+                   help="start no run that would end after this many seconds (estimated from the slowest run so "
+                        "far); rerun the same command to continue")
     p.add_argument("--note", default="")
     p.add_argument("overrides", nargs="*", help="key=value overrides for every run")
     args = p.parse_args(argv)
     retention = args.retention if args.retention is not None else SIZES[args.size][2]
     arm_table = arms(retention)
-    plan = [("zero-shot", args.seeds[0])] + [(a, s) for s in args.seeds for a in ("hybrid", "hybrid+retention")]
+    chosen = args.arms.split(",")
+    unknown = sorted(set(chosen) - set(arm_table))
+    if unknown:
+        p.error(f"unknown arms {unknown}; arms are {list(arm_table)}")
+    plan = ([("zero-shot", args.seeds[0])] if "zero-shot" in chosen else []) + [
+        (a, s) for s in args.seeds for a in ("hybrid", "hybrid+retention") if a in chosen]
     command = "python -m experiments.zeroshot " + shlex.join(argv if argv is not None else sys.argv[1:])
     args.out.mkdir(parents=True, exist_ok=True)
-    session, t0, ran = StudySession(), time.time(), []
+    session, t0, ran, slowest = StudySession(), time.time(), [], 0.0
     for arm, seed in plan:
         d = args.out / "runs" / arm / f"seed{seed}"
         if (d / "results.json").exists():
             print(f"{arm} seed {seed}: done before, skipped")
             continue
-        if args.time_budget is not None and time.time() - t0 > args.time_budget:
+        if args.time_budget is not None and slowest and time.time() - t0 + slowest > args.time_budget:
             print(f"time budget reached before {arm} seed {seed}; rerun to continue")
             break
         cfg = load_config(CONFIG_DIR / "hybrid.yaml",
-                          run_overrides(args.size, arm_table[arm], seed, d, list(args.overrides)))
+                          run_overrides(args.size, arm_table[arm], seed, d, list(args.overrides),
+                                        args.seen.split(",")))
         print(f"{arm} seed {seed}: running", flush=True)
         rc, wall, _ = train_in_process(session, cfg, d / "train.log")
         ran.append({"arm": arm, "seed": seed, "rc": rc, "wall_s": wall})
+        slowest = max(slowest, wall)
         print(f"{arm} seed {seed}: exit {rc} in {wall:.0f}s", flush=True)
     agg = aggregate(args.out, list(arm_table))
     table = format_table(agg) if agg else "(no finished run)\n"
