@@ -61,10 +61,20 @@ def final_groups(results: dict) -> tuple[dict, dict]:
     return results["results"][labels[-1]], results["language_groups"][labels[-1]]
 
 
+def finished_seeds(out: Path, arm: str) -> set[int]:
+    return {int(p.parent.name[4:]) for p in (out / "runs" / arm).glob("seed*/results.json")}
+
+
 def aggregate(out: Path, arm_names: list[str]) -> dict:
+    """Per arm: the overall summary and every cell, mean and sd over seeds. The trained arms are
+    compared on the seeds both finished (paired); a seed only one of them finished is listed under
+    ``unpaired`` and left out."""
+    trained = [a for a in arm_names if a != "zero-shot"]
+    paired = set.intersection(*(finished_seeds(out, a) for a in trained)) if trained else set()
     agg: dict = {}
     for arm in arm_names:
-        runs = [json.loads(p.read_text()) for p in sorted((out / "runs" / arm).glob("seed*/results.json"))]
+        seeds = sorted(finished_seeds(out, arm) if arm == "zero-shot" else paired)
+        runs = [json.loads((out / "runs" / arm / f"seed{k}" / "results.json").read_text()) for k in seeds]
         if not runs:
             continue
         pairs = [final_groups(r) for r in runs]
@@ -74,6 +84,8 @@ def aggregate(out: Path, arm_names: list[str]) -> dict:
             entry["cells"][cell] = {m: stats([g["cells"][cell][m] for _, g in pairs if m in g["cells"][cell]])
                                     for m in CELL_METRICS if m in pairs[0][1]["cells"][cell]}
         entry["groups"] = pairs[0][1]["groups"]
+        entry["seeds"] = seeds
+        entry["unpaired_seeds"] = sorted(finished_seeds(out, arm) - set(seeds))
         agg[arm] = entry
     return agg
 
@@ -100,8 +112,10 @@ def format_table(agg: dict) -> str:
     groups = next(iter(agg.values()))["groups"] if agg else {}
     lines = [f"Seen (trained) languages: {', '.join(groups.get('seen', []))}; unseen: "
              f"{', '.join(groups.get('unseen', []))}. Held-out XQuAD-R articles. Mean ± sd over seeds "
-             f"(hybrid n={hy['n'] if hy else 0}, hybrid+retention n={rt['n'] if rt else 0}); Δ against the "
-             "zero-shot model; bias lower is better.", "",
+             f"(paired seeds {hy['seeds'] if hy else []}; "
+             f"finished but left out as unpaired: {(hy or {}).get('unpaired_seeds', [])} hybrid, "
+             f"{(rt or {}).get('unpaired_seeds', [])} hybrid+retention); Δ against the zero-shot model; bias lower "
+             "is better.", "",
              "| cell (query → passage) | metric | zero-shot | hybrid | Δ hybrid | hybrid+retention | Δ retention | "
              "retention − hybrid |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
 
@@ -134,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="start no run that would end after this many seconds (estimated from the slowest run so "
                         "far); rerun the same command to continue")
     p.add_argument("--note", default="")
+    p.add_argument("--summarize", action="store_true", help="run nothing: rewrite table.md and summary.json")
     p.add_argument("overrides", nargs="*", help="key=value overrides for every run")
     args = p.parse_args(argv)
     retention = args.retention if args.retention is not None else SIZES[args.size][2]
@@ -147,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m experiments.zeroshot " + shlex.join(argv if argv is not None else sys.argv[1:])
     args.out.mkdir(parents=True, exist_ok=True)
     session, t0, ran, slowest = StudySession(), time.time(), [], 0.0
-    for arm, seed in plan:
+    for arm, seed in ([] if args.summarize else plan):
         d = args.out / "runs" / arm / f"seed{seed}"
         if (d / "results.json").exists():
             print(f"{arm} seed {seed}: done before, skipped")
@@ -170,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     atomic.write_text(args.out / "table.md", f"# Issue #20: seen/unseen languages ({args.size} size)\n\n{table}")
     history_path = args.out / "invocations.json"
     history = json.loads(history_path.read_text()) if history_path.exists() else []
+    if args.summarize:
+        print(table)
+        return 0
     history.append({"command": command, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t0)),
                     "finished": _now(), "wall_s": time.time() - t0, "size": args.size, "retention_weight": retention,
                     "overrides": args.overrides, "note": args.note, "device": device_info(), "git": git_info(),
