@@ -6,8 +6,10 @@
 #
 # Stages, each with its own time limit, none stopping the next: the environment (GPU, torch,
 # CUDA, flash-attn), the offline model built from .device-bundle/, tests/test_gpu.py,
-# benchmarks/throughput.py (base and large shapes, hybrid_dist and sentence-transformers), and
-# the in-process study with whatever time is left. OUTDIR receives two files: device-check.tar.gz
+# benchmarks/throughput.py (base and large shapes, hybrid_dist and sentence-transformers), the
+# in-process study with whatever time is left but ZS_RESERVE seconds, then the issue #20 language
+# hold-out experiment (experiments/zeroshot.py: hybrid vs hybrid + retention trained on 6
+# languages, seen/unseen cells) in the reserved time. OUTDIR receives two files: device-check.tar.gz
 # (every log and result) and summary.md. Needs only torch, transformers, sentence-transformers,
 # accelerate and pytest (no deepspeed, ray, faiss or datasets), no network, and the bundle that
 # `python benchmarks/device_bundle.py` builds here (the rehearsal builds it when it is missing).
@@ -55,7 +57,10 @@ if [ "$REHEARSE" = 1 ]; then
     STUDY_ARGS=(--size cpu --arms zero-shot,xx-mono,hybrid --seeds 0 --no-sweep --steps 2
                 'data.languages=[en,de]' data.split=hash data.heldout_fraction=0.1 model.max_length=32
                 sampler.batch_size=8 eval.batch_size=128)
+    ZS_ARGS=(--size cpu --seeds 0 --seen en,de 'data.languages=[en,de,es]' data.split=hash
+             data.heldout_fraction=0.1 model.max_length=32 sampler.batch_size=8 train.max_steps=2 eval.batch_size=128)
     T_TESTS=120; T_THROUGHPUT=240  # limits, not targets: generous for a loaded CI machine
+    ZS_RESERVE=${ZS_RESERVE:-150}
     if [ ! -f "$BUNDLE/model/bundle.json" ]; then
         stage bundle 300 "$PY" benchmarks/device_bundle.py --out "$BUNDLE"
     fi
@@ -63,7 +68,9 @@ else
     PYTEST_ARGS=(tests/test_gpu.py)
     THROUGHPUT_ARGS=(--preset gpu)
     STUDY_ARGS=(--arms all,recommended --seeds 0 1 2 --steps "$STEPS" eval.batch_size=256)
+    ZS_ARGS=(--size gpu --seeds 0 1 2 eval.batch_size=256)
     T_TESTS=90; T_THROUGHPUT=170
+    ZS_RESERVE=${ZS_RESERVE:-150}   # the hold-out experiment's share; more BUDGET gives the study more
 fi
 
 # 1. what this machine is
@@ -105,12 +112,18 @@ stage gpu-tests "$T_TESTS" "$PY" -m pytest -q -p no:cacheprovider -rs "${PYTEST_
 stage throughput "$T_THROUGHPUT" "$PY" benchmarks/throughput.py "${THROUGHPUT_ARGS[@]}" --data "$DATA" \
     --out "$WORK/throughput.json"
 
-# 5. the study, in one process, with the time that is left (30 s kept for packing)
-STUDY_BUDGET=$(($(left) - 40))
+# 5. the study, in one process, with the time that is left but the hold-out experiment's reserve
+STUDY_BUDGET=$(($(left) - 40 - ZS_RESERVE))
 stage study "$((STUDY_BUDGET + 20))" "$PY" -m experiments.run --in-process --out "$WORK/study" \
     --time-budget "$STUDY_BUDGET" "${STUDY_ARGS[@]}" "data.path=$DATA"
 
-# 6. pack: one tarball with everything, one summary
+# 6. after the main arms: the language hold-out (issue #20), the zero-shot model then hybrid and
+#    hybrid + retention seed by seed, with the time that is left (30 s kept for packing)
+ZS_BUDGET=$(($(left) - 40))
+stage zeroshot "$((ZS_BUDGET + 20))" "$PY" -m experiments.zeroshot --out "$WORK/zeroshot" \
+    --time-budget "$ZS_BUDGET" "${ZS_ARGS[@]}" "data.path=$DATA"
+
+# 7. pack: one tarball with everything, one summary
 rm -rf "$WORK/cache" "$WORK/data"
 "$PY" benchmarks/device_summary.py "$WORK" "$OUTDIR/summary.md" --budget "$BUDGET" --elapsed "$(($(date +%s) - START))"
 tar -czf "$OUTDIR/device-check.tar.gz" -C "$WORK" .

@@ -18,10 +18,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from hybrid_dist import atomic  # noqa: E402 - after the path insert
 
-STAGES = ("environment", "model", "gpu-tests", "throughput", "study")
+STAGES = ("environment", "model", "gpu-tests", "throughput", "study", "zeroshot")
 #: what the tarball must hold for a check to count as complete
 REQUIRED = ("stages.tsv", "environment.txt", "throughput.json", "study/table.md", "study/summary.json",
-            "study/RUN.md", *(f"logs/{s}.log" for s in STAGES))
+            "study/RUN.md", "zeroshot/table.md", "zeroshot/summary.json", *(f"logs/{s}.log" for s in STAGES))
 
 
 def parse_stages(text: str) -> list[dict]:
@@ -60,6 +60,9 @@ def render(work: Path, budget: float | None, elapsed: float | None) -> str:
               "```", "", "## Training throughput", "", throughput_table(work), "", "## Study", ""]
     table = work / "study" / "table.md"
     lines.append(table.read_text(encoding="utf-8").strip() if table.exists() else "(no study table: see logs/study.log)")
+    holdout = work / "zeroshot" / "table.md"
+    lines += ["", "## Language hold-out (issue #20)", "",
+              holdout.read_text(encoding="utf-8").strip() if holdout.exists() else "(no table: see logs/zeroshot.log)"]
     return "\n".join(lines) + "\n"
 
 

@@ -54,6 +54,9 @@ class DataConfig:
     format: Literal["squad_dir", "jsonl", "hf"] = "squad_dir"
     path: str = "../shared/data/xquad-r"
     languages: list[str] | None = None  # None: every language found
+    # language hold-out: train on these only (None: every language of data.languages); evaluation
+    # still covers data.languages, and its report splits each metric into seen/unseen cells
+    train_languages: list[str] | None = None
     passage_text: Literal["sentence", "sentence_and_paragraph"] = "sentence"
     max_hard_negatives: int = 0  # squad_dir: other sentences of the paragraph/article kept per record
     split: Literal["parity", "hash", "none"] = "parity"
@@ -96,6 +99,10 @@ class OptimConfig:
     warmup_steps: int = 0
     scheduler: Literal["linear", "constant"] = "linear"
     max_grad_norm: float = 1.0  # 0 disables clipping
+    # erosion guard: every optimizer step also pulls each weight toward its initial (pretrained)
+    # value, decoupled like AdamW's decay: w -= lr * retention_weight * (w - w_init); 0: off
+    # (see hybrid_dist/training/retention.py and docs/training.md "Retention")
+    retention_weight: float = 0.0
 
 
 @dataclass
@@ -177,6 +184,7 @@ def validate(cfg: Config, source: str = "config") -> None:
 
 def config_problems(cfg: Config) -> list[str]:
     from hybrid_dist.data.sampler import sampler_problems
+    from hybrid_dist.evaluation.holdout import holdout_metric_names
     from hybrid_dist.evaluation.lareqa import summary_metric_names
 
     problems: list[str] = []
@@ -252,7 +260,10 @@ def config_problems(cfg: Config) -> list[str]:
     need("eval.every_steps", e.every_steps >= 0, "at least 0 (0: never during training)")
     need("eval.batch_size", e.batch_size >= 1, "at least 1")
     metrics = summary_metric_names()
-    need("eval.metric", e.metric in metrics, f"one of {', '.join(metrics)}")
+    holdout = holdout_metric_names() if d.train_languages is not None else []
+    need("eval.metric", e.metric in metrics or e.metric in holdout,
+         f"one of {', '.join(metrics)}" + (f", or a seen/unseen cell ({holdout[0]}, ...)" if holdout else ""))
+    problems += _holdout_problems(cfg)
     return problems
 
 
@@ -261,6 +272,27 @@ def _get_path(cfg: Config, dotted: str) -> Any:
     for part in dotted.split("."):
         obj = getattr(obj, part)
     return obj
+
+
+def _holdout_problems(cfg: Config) -> list[str]:
+    """data.train_languages (language hold-out) and optim.retention_weight (erosion guard)."""
+    problems = []
+    train, every = cfg.data.train_languages, cfg.data.languages
+    if train is not None:
+        if not train:
+            problems.append("data.train_languages=[] trains on nothing; null trains on every language")
+        if len(set(train)) != len(train):
+            problems.append(f"data.train_languages={train} names a language twice")
+        if every is not None and set(train) - set(every):
+            problems.append(f"data.train_languages {sorted(set(train) - set(every))} not in data.languages={every}: "
+                            "evaluation covers data.languages, so the trained languages must be among them")
+        mixed = cfg.sampler.mode in ("cross", "multilingual") or (cfg.sampler.mode == "hybrid" and cfg.sampler.alpha < 1)
+        if mixed and len(set(train)) < 2:
+            problems.append(f"data.train_languages={train} with sampler.mode={cfg.sampler.mode}: X-Y batches need "
+                            "at least 2 training languages")
+    if not cfg.optim.retention_weight >= 0:
+        problems.append(f"optim.retention_weight={cfg.optim.retention_weight} must be >= 0 (0: off)")
+    return problems
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:

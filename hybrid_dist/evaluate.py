@@ -53,6 +53,9 @@ def eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="parity", choices=("parity", "hash", "none"), help="article split strategy")
     p.add_argument("--heldout-fraction", type=float, default=0.5, help="for --split hash")
     p.add_argument("--languages", default=None, help="LAReQA: comma-separated languages (default: all files)")
+    p.add_argument("--seen-languages", default=None,
+                   help="XQuAD-R, a language hold-out: the comma-separated languages the model was trained on; adds "
+                        "the seen/unseen cells (docs/evaluation.md)")
     p.add_argument("--candidate-context", action="store_true",
                    help="LAReQA: encode each candidate sentence together with its paragraph")
     p.add_argument("--mlqa-split", default="test", choices=("test", "dev"))
@@ -122,7 +125,7 @@ def run_eval(argv: list[str]) -> int:
                       batch_size=args.batch_size, show_progress=show, cache_dir=cache_dir, device=str(device),
                       shard_across_ranks=world > 1)
             if bench == "xquad-r":
-                r = evaluate_xquad_r(model, path, **kw)
+                r = evaluate_xquad_r(model, path, seen_languages=_csv(args.seen_languages), **kw)
             else:
                 r = evaluate_mlqa_r(model, path, mlqa_split=args.mlqa_split, **kw)
             r.config["model_fingerprint"] = fingerprint
@@ -188,6 +191,8 @@ def render_markdown(report: dict, label: str) -> str:
                       f"{r.get('n_settings')} X→Y settings; {r['timings'].get('total_s', 0):.1f}s)", "",
                       rep.format_detail_table(r["summary"]), "", "X→Y mAP (rows: question language):", "",
                       rep.format_matrix_table(r, "map"), ""]
+            if r.get("groups"):
+                parts += ["Language hold-out cells (evaluation/holdout.py):", "", rep.format_cells_table(r["groups"]), ""]
     if any(r.get("kind") == "ir" for r in report["results"].values()):
         parts += ["## Retrieval", "", rep.format_ir_table({label: flat}), ""]
     return "\n".join(parts).rstrip()

@@ -108,6 +108,13 @@ def run(cfg, trainer_class=None):
 
         print()
         print(format_results_table(results))
+        labels = list(trainer.language_groups)
+        if len(labels) >= 2:  # a language hold-out: first (zero-shot) vs last evaluation, per cell
+            from hybrid_dist.evaluation.report import format_holdout_table
+
+            groups = trainer.language_groups
+            print()
+            print(format_holdout_table(groups[labels[0]], groups[labels[-1]], labels=(labels[0], labels[-1])))
         print(f"\nresults: {trainer.out / 'results.json'}")
     return 0, trainer
 

@@ -39,4 +39,8 @@ def test_rehearsal_produces_the_complete_check(tmp_path, device_bundle):
     assert "GPU: none" in env_txt and "skipped" in tests_log
     text = (out / "summary.md").read_text()
     assert "| study | 0 |" in text and "## Training throughput" in text and "hybrid_dist" in text
+    assert "| zeroshot | 0 |" in text and "seen->unseen" in text  # the language hold-out ran after the study
+    with tarfile.open(out / "device-check.tar.gz") as tar:
+        holdout = json.load(tar.extractfile("./zeroshot/summary.json"))
+    assert set(holdout["arms"]) == {"zero-shot", "hybrid", "hybrid+retention"}
     assert not list(tmp_path.glob("device-check.*"))  # the work directory is removed

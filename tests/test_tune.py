@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,7 +57,7 @@ def write_search(tmp_path: Path, **changes) -> Path:
 # ---------------------------------------------------------------------- search files
 
 
-@pytest.mark.parametrize("name", ["tiny-cpu.yaml", "xquad-r-cpu.yaml", "alpha-lr-temp.yaml"])
+@pytest.mark.parametrize("name", ["tiny-cpu.yaml", "xquad-r-cpu.yaml", "alpha-lr-temp.yaml", "retention.yaml"])
 def test_search_files_load(name):
     spec = load_search(SEARCHES / name)
     space = param_space(spec)
@@ -92,11 +93,34 @@ def test_search_space_and_overrides():
     ({"search__algorithm": "grid"}, "needs grid or choice"),
     ({"overrides__eval.every_steps": 0}, "eval.every_steps must be > 0"),
     ({"base_config": "nowhere.yaml"}, "no such file"),
+    ({"space__optim.retention_weight": {"uniform": [-1.0, 10.0]}}, "optim.retention_weight=-1.0 must be >= 0"),
 ])
 def test_search_file_errors(tmp_path, changes, message):
     path = write_search(tmp_path, **changes)
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
         load_search(path)
+
+
+def test_retention_weight_is_a_search_dimension():
+    """The erosion guard's weight is sampled like lr: log-uniform, and each value reaches the
+    trial's optimizer; the hold-out search optimises any seen/unseen cell in the right direction."""
+    from ray import tune
+
+    from hybrid_dist.training.components import optimizer_for
+    from hybrid_dist.training.retention import RetentionAdamW
+
+    spec = load_search(SEARCHES / "retention.yaml")
+    sampler = param_space(spec)["optim.retention_weight"].get_sampler()
+    assert isinstance(sampler, tune.search.sample.LogUniform)
+    cfg = spec.training_config({"optim.retention_weight": 250.0, "sampler.alpha": 0.5})
+    assert cfg.optim.retention_weight == 250.0 and cfg.data.train_languages == ["en", "de", "es", "ru", "zh", "ar"]
+    opt = optimizer_for(torch.nn.Linear(2, 2), cfg.optim)
+    assert isinstance(opt, RetentionAdamW) and {g["retention_weight"] for g in opt.param_groups} == {250.0}
+    assert type(optimizer_for(torch.nn.Linear(2, 2), spec.training_config({"optim.retention_weight": 0}).optim)) \
+        is torch.optim.AdamW
+    assert load_search(SEARCHES / "retention.yaml", ["metric=unseen_to_unseen_multi_map"]).metric_mode == "max"
+    assert load_search(SEARCHES / "retention.yaml",
+                       ["metric=seen_to_unseen_bias_max_rank_distance"]).metric_mode == "min"
 
 
 def test_optuna_and_bayesopt_suggest(tmp_path):

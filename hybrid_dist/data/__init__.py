@@ -8,7 +8,18 @@ from hybrid_dist.data.corpus import ParallelCorpus
 from hybrid_dist.data.records import DataError, ParallelRecord
 from hybrid_dist.data.split import ArticleSplit
 
-__all__ = ["ArticleSplit", "BadRecords", "DataError", "ParallelCorpus", "ParallelRecord", "load_corpus"]
+__all__ = ["ArticleSplit", "BadRecords", "DataError", "ParallelCorpus", "ParallelRecord", "load_corpus",
+           "training_view"]
+
+
+def training_view(cfg):
+    """The ``DataConfig`` training reads: ``languages`` narrowed to ``train_languages`` when a
+    language hold-out is set (evaluation keeps ``cfg.languages``)."""
+    import dataclasses
+
+    if cfg.train_languages is None:
+        return cfg
+    return dataclasses.replace(cfg, languages=list(cfg.train_languages))
 
 
 def load_corpus(cfg, part: str = "train", bad: BadRecords | None = None) -> ParallelCorpus:

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Iterator
 
 from hybrid_dist.config import Config
-from hybrid_dist.data import ParallelCorpus, load_corpus
+from hybrid_dist.data import ParallelCorpus, load_corpus, training_view
 from hybrid_dist.data.sampler import GlobalBatch, GlobalBatchSampler
 
 
@@ -21,7 +21,7 @@ def sampler_for(cfg: Config, corpus: ParallelCorpus) -> GlobalBatchSampler:
 
 def build_sampler(cfg: Config) -> tuple[ParallelCorpus, GlobalBatchSampler]:
     """The training corpus and the sampler ``cfg`` trains with."""
-    corpus = load_corpus(cfg.data, "train")
+    corpus = load_corpus(training_view(cfg.data), "train")
     return corpus, sampler_for(cfg, corpus)
 
 

@@ -203,6 +203,9 @@ class LareqaResult:
     counts: dict
     config: dict = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    # language hold-out: {"groups": {"seen": [...], "unseen": [...]}, "cells": {"seen->unseen": {...}}}
+    # (evaluation/holdout.py); empty when no language groups were given
+    groups: dict = field(default_factory=dict)
 
     @property
     def n_settings(self) -> int:
@@ -317,9 +320,11 @@ def score_lareqa(
     cand_emb: Mapping[str, np.ndarray],
     device: str | None = None,
     max_elems: int = 1 << 24,
+    language_groups: Mapping[str, Sequence[str]] | None = None,
 ) -> LareqaResult:
     """Every setting's metrics from precomputed embeddings (``lang -> (n, dim)`` arrays in the
-    benchmark's question / candidate order)."""
+    benchmark's question / candidate order). ``language_groups`` (``{"seen": [...], "unseen":
+    [...]}``): also the seen/unseen cells of a language hold-out (``result.groups``)."""
     langs = benchmark.langs
     dev = resolve_device(device)
     sizes = [len(benchmark.languages[lang].sentences) for lang in langs]
@@ -377,6 +382,11 @@ def score_lareqa(
         summary[f"bias_{k}"] = nanmean(bias[x][k] for x in langs)
     counts = benchmark.counts()
     counts["pool"] = int(offsets[-1])
+    groups = {}
+    if language_groups is not None:
+        from hybrid_dist.evaluation.holdout import group_cells
+
+        groups = group_cells(benchmark, query_emb, cand_emb, matrix["map"], language_groups, dev)
     return LareqaResult(
         benchmark=benchmark.name,
         languages=langs,
@@ -388,6 +398,7 @@ def score_lareqa(
         n_queries_multi=n_queries_multi,
         counts=counts,
         config={"source": benchmark.source, "part": benchmark.part, "split": benchmark.split},
+        groups=groups,
     )
 
 
@@ -433,6 +444,7 @@ def evaluate_lareqa(
     device: str | None = None,
     fingerprint: str | None = None,
     shard_across_ranks: bool = False,
+    language_groups: Mapping[str, Sequence[str]] | None = None,
 ) -> LareqaResult:
     """Encode a benchmark with ``model`` and score every setting (``shard_across_ranks``: a
     collective call that splits the encoding over the ranks, see :func:`encode_texts`)."""
@@ -440,7 +452,7 @@ def evaluate_lareqa(
     q, c = encode_benchmark(model, benchmark, candidate_context, batch_size, show_progress, cache_dir, fingerprint,
                             shard_across_ranks)
     t1 = time.perf_counter()
-    result = score_lareqa(benchmark, q, c, device=device)
+    result = score_lareqa(benchmark, q, c, device=device, language_groups=language_groups)
     t2 = time.perf_counter()
     result.config.update({"candidate_context": candidate_context, "batch_size": batch_size})
     if fingerprint:
@@ -464,16 +476,24 @@ def evaluate_xquad_r(
     cache_dir: str | Path | None = None,
     device: str | None = None,
     shard_across_ranks: bool = False,
+    seen_languages: Sequence[str] | None = None,
 ) -> LareqaResult:
     """XQuAD-R (LAReQA) evaluation of ``model`` on one part of the article split.
 
     ``split=None`` uses ``ArticleSplit()`` (parity: odd-indexed articles held out); ``part`` is
     "heldout", "train" or "all". The training loop calls this on the held-out part, from the
     main process alone (the default, ``shard_across_ranks=False``; with ``True`` every rank must
-    call it and each encodes a shard). No disk cache unless ``cache_dir`` is given."""
+    call it and each encodes a shard). No disk cache unless ``cache_dir`` is given.
+    ``seen_languages`` (a language hold-out's training languages): also the seen/unseen cells
+    (``result.groups``, see evaluation/holdout.py)."""
     bench = load_lareqa(data_dir, languages, split, part, name="xquad-r")
+    groups = None
+    if seen_languages is not None:
+        from hybrid_dist.evaluation.holdout import language_groups
+
+        groups = language_groups(bench.langs, seen_languages)
     return evaluate_lareqa(model, bench, candidate_context, batch_size, show_progress, cache_dir, device,
-                           shard_across_ranks=shard_across_ranks)
+                           shard_across_ranks=shard_across_ranks, language_groups=groups)
 
 
 def evaluate_mlqa_r(

@@ -33,7 +33,8 @@ def metric_direction(name: str) -> str:
     ``bias_max_rank_distance`` is lower-better; ``bias_same_minus_other`` is best near 0
     (its absolute value is lower-better), everything else higher-better."""
     base = name.rsplit("/", 1)[-1]
-    return "min" if base in LOWER_IS_BETTER or base == "bias_same_minus_other" else "max"
+    lower = base in LOWER_IS_BETTER or base.endswith(tuple(f"_{m}" for m in LOWER_IS_BETTER))  # hold-out cells
+    return "min" if lower or base == "bias_same_minus_other" else "max"
 
 
 def is_better(name: str, new: float, best: float | None) -> bool:
@@ -146,6 +147,45 @@ def format_results_table(rows: Mapping[str, Mapping[str, float]], benchmark: str
                 cells.append(_fmt(value, metric))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+HOLDOUT_COLUMNS = (("Mono", "mono_map"), ("Cross", "cross_map"), ("Multi (pool of B)", "multi_map"),
+                   ("Bias ↓ (pool of B)", "bias_max_rank_distance"))
+
+
+def format_holdout_table(base: Mapping, tuned: Mapping, labels: tuple[str, str] = ("zero-shot", "fine-tuned")) -> str:
+    """Markdown table of a language hold-out: per cell A->B (queries in group A's languages,
+    passages in group B's; see evaluation/holdout.py) the zero-shot row, the fine-tuned row and
+    their difference. ``base`` / ``tuned``: ``LareqaResult.groups`` dicts."""
+    groups = tuned.get("groups") or base.get("groups") or {}
+    lines = [f"seen: {', '.join(groups.get('seen', []))}; unseen: {', '.join(groups.get('unseen', [])) or '(none)'}",
+             "", "| cell (query -> passage) | model | " + " | ".join(t for t, _ in HOLDOUT_COLUMNS) + " |",
+             "| --- | --- |" + " ---: |" * len(HOLDOUT_COLUMNS)]
+    for cell, after in tuned.get("cells", {}).items():
+        before = base.get("cells", {}).get(cell, {})
+        delta = {m: (after[m] - before[m]) if m in after and m in before else None for _, m in HOLDOUT_COLUMNS}
+        for label, row in ((labels[0], before), (labels[1], after)):
+            lines.append(f"| {cell if label == labels[0] else ''} | {label} | "
+                         + " | ".join(_fmt(row.get(m), m) for _, m in HOLDOUT_COLUMNS) + " |")
+        lines.append("| | Δ | " + " | ".join(_fmt_delta(delta[m], m) for _, m in HOLDOUT_COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def format_cells_table(groups: Mapping) -> str:
+    """One model's language hold-out cells (``LareqaResult.groups``) as a Markdown table."""
+    g = groups.get("groups", {})
+    lines = [f"seen: {', '.join(g.get('seen', []))}; unseen: {', '.join(g.get('unseen', [])) or '(none)'}", "",
+             "| cell (query -> passage) | " + " | ".join(t for t, _ in HOLDOUT_COLUMNS) + " |",
+             "| --- |" + " ---: |" * len(HOLDOUT_COLUMNS)]
+    for cell, row in groups.get("cells", {}).items():
+        lines.append(f"| {cell} | " + " | ".join(_fmt(row.get(m), m) for _, m in HOLDOUT_COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def _fmt_delta(value, metric: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:+.0f}" if metric.startswith("bias_") else f"{value:+.3f}"
 
 
 def format_detail_table(summary: Mapping[str, float]) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
 
-from hybrid_dist.data import BadRecords, load_corpus
+from hybrid_dist.data import BadRecords, load_corpus, training_view
 from hybrid_dist.models.biencoder import BiEncoder
 from hybrid_dist.models.scratch import RECIPE_FILE, build_scratch_encoder, scratch_recipe
 
@@ -18,7 +18,7 @@ OFFLINE_PREFIX = "offline:"
 
 def training_corpus(cfg, log=print):
     bad = BadRecords(cfg.data.on_bad_record)
-    corpus = load_corpus(cfg.data, "train", bad)
+    corpus = load_corpus(training_view(cfg.data), "train", bad)
     if bad.count:
         log(f"data: {bad.summary()}")
     return corpus
@@ -98,8 +98,14 @@ def attention_kwargs(choice: str | None, log=print) -> dict:
 
 
 def optimizer_for(model: torch.nn.Module, optim) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(param_groups(model, optim.weight_decay), lr=optim.lr, betas=tuple(optim.betas),
-                             eps=optim.eps)
+    """AdamW; with ``optim.retention_weight`` > 0 the AdamW that also pulls toward the initial weights."""
+    kwargs = dict(lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps)
+    if optim.retention_weight:
+        from hybrid_dist.training.retention import RetentionAdamW
+
+        return RetentionAdamW(param_groups(model, optim.weight_decay), retention_weight=optim.retention_weight,
+                              **kwargs)
+    return torch.optim.AdamW(param_groups(model, optim.weight_decay), **kwargs)
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:

@@ -41,6 +41,9 @@ class Trainer:
         self.callbacks = list(callbacks or [])
         self.step = 0
         self.results: dict[str, dict[str, float]] = {}
+        # language hold-out (data.train_languages): each evaluation's seen/unseen cells, by the
+        # same labels as results (evaluation/holdout.py)
+        self.language_groups: dict[str, dict] = {}
         self.last_evaluation = None  # the newest held-out LareqaResult (the X->Y matrix, not only the summary)
         self.preempted = False
         self.resume_from: Path | None = None  # chosen in setup, loaded at the start of train
@@ -112,7 +115,7 @@ class Trainer:
         self.resume()
         self.log = TrainingLog(acc, cfg, self.out, self.step)
         if cfg.eval.before_training and self.step == 0:
-            self.results["step 0 (before training)"] = self.evaluate()
+            self._evaluate_as("step 0 (before training)")
         started = time.time()
         for micro_batches in step_loader(self.dataset, self.step, cfg.train.max_steps, cfg.data.num_workers):
             self.faults.hang_if("hang", self.step + 1)
@@ -120,8 +123,7 @@ class Trainer:
             self.step += 1
             self.log.step(self.step, micro_batches, loss, self.scheduler, grad_norm)
             if cfg.eval.every_steps and self.step % cfg.eval.every_steps == 0 and self.step < cfg.train.max_steps:
-                summary = self.evaluate()
-                self.results[f"step {self.step}"] = summary
+                summary = self._evaluate_as(f"step {self.step}")
                 self._callback("on_evaluate", summary)
                 self.checkpointer.keep_if_best(self.step, summary)
             saved = bool(cfg.train.save_every and self.step % cfg.train.save_every == 0)
@@ -150,15 +152,23 @@ class Trainer:
                   + (f"; model saved to {self.out / 'model'}" if cfg.train.save_final else " (train.save_final=false: "
                      "no final checkpoint or model)"))
         if cfg.eval.after_training:
-            summary = self.evaluate()
-            self.results[f"step {self.step} (fine-tuned)"] = summary
+            summary = self._evaluate_as(f"step {self.step} (fine-tuned)")
             self._callback("on_evaluate", summary)
         if acc.is_main_process and self.results:
-            atomic.write_json(self.out / "results.json", {"config": to_dict(cfg), "results": self.results})
+            doc = {"config": to_dict(cfg), "results": self.results}
+            if self.language_groups:
+                doc["language_groups"] = self.language_groups
+            atomic.write_json(self.out / "results.json", doc)
 
     def train_step(self, micro_batches: list[MicroBatch], step: int | None = None):
         """One optimizer step (``step``: its 1-based number): ``(loss, grad norm)``."""
         return self.train_step_fn(micro_batches, self.step + 1 if step is None else step)
+
+    def _evaluate_as(self, label: str) -> dict[str, float]:
+        summary = self.results[label] = self.evaluate()
+        if self.last_evaluation is not None and self.last_evaluation.groups:
+            self.language_groups[label] = self.last_evaluation.groups
+        return summary
 
     def evaluate(self) -> dict[str, float]:
         """Held-out LAReQA evaluation; a collective call: each rank encodes a shard of the texts,
@@ -176,9 +186,14 @@ class Trainer:
             batch_size=cfg.eval.batch_size, show_progress=cfg.train.progress_bar and acc.is_main_process,
             # ZeRO-3's forwards are collective: every rank must encode the same batches
             shard_across_ranks=acc.num_processes > 1 and not self.driver.forward_is_collective,
+            seen_languages=cfg.data.train_languages,
         )
         self.last_evaluation = result
         summary = dict(result.summary)
+        if result.groups:  # a language hold-out: the seen/unseen cells as flat keys too
+            from hybrid_dist.evaluation.holdout import flat_cells
+
+            summary.update(flat_cells(result.groups))
         acc.log({f"eval/{k}": v for k, v in summary.items()}, step=self.step)
         return summary
 
