@@ -127,7 +127,11 @@ def test_retention_resumes_to_the_same_weights(two_rank_retention, tmp_path):
 def test_retention_cannot_be_switched_on_at_a_resume(tmp_path):
     out = tmp_path / "plain"
     run(1, out, "train.max_steps=3", "train.save_every=3")
-    proc = run(1, out, "train.max_steps=6", "train.resume=auto", "optim.retention_weight=100", expect=None)
+    proc = run(1, out, "train.max_steps=6", "train.resume=auto", "optim.retention_weight=100", expect=2)
+    assert "optim.retention_weight 0.0 -> 100.0" in proc.stderr  # the resume's config check
+    # accepted explicitly: the checkpoint still holds no initial weights to pull toward
+    proc = run(1, out, "train.max_steps=6", "train.resume=auto", "optim.retention_weight=100",
+               "train.allow_config_change=[optim.retention_weight]", expect=None)
     assert proc.returncode != 0 and "no initial weights" in proc.stdout + proc.stderr
 
 
