@@ -231,8 +231,6 @@ def config_problems(cfg: Config) -> list[str]:
     need("optim.max_grad_norm", o.max_grad_norm >= 0, "at least 0 (0: no clipping)")
     need("train.output_dir", bool(t.output_dir.strip()), "a directory")
     need("train.max_steps", t.max_steps >= 0, "at least 0 (0: evaluate the model as loaded)")
-    if o.warmup_steps > t.max_steps >= 1:
-        problems.append(f"optim.warmup_steps={o.warmup_steps}: must be at most train.max_steps={t.max_steps}")
     need("train.gradient_accumulation_steps", t.gradient_accumulation_steps >= 1, "at least 1")
     if t.gradient_accumulation_steps >= 1 and s.batch_size >= 1 and s.batch_size % t.gradient_accumulation_steps:
         problems.append(f"sampler.batch_size={s.batch_size}: must be divisible by "
