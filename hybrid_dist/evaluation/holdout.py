@@ -44,24 +44,14 @@ def pool_ranks(benchmark, query_emb: Mapping[str, np.ndarray], cand_emb: Mapping
     """For the queries of language ``x`` against the pool of ``pool_langs``' candidates: one
     entry per (query, parallel answer in the pool): ``(query index, pool language index, 1-based
     rank in the pool)``; ties broken by pool position (languages in ``pool_langs`` order)."""
-    from hybrid_dist.evaluation.lareqa import _pair_ranks
+    from hybrid_dist.evaluation.lareqa import _pair_ranks, relevant_pairs
 
     sizes = [len(benchmark.languages[y].sentences) for y in pool_langs]
     offsets = np.r_[0, np.cumsum(sizes)].astype(np.int64)
     c_pool = torch.as_tensor(np.concatenate([np.asarray(cand_emb[y], dtype=np.float32) for y in pool_langs]),
                              device=device)
     index = {y: {qid: i for i, qid in enumerate(benchmark.languages[y].qids)} for y in pool_langs}
-    pq, py, pc = [], [], []
-    for i, qid in enumerate(benchmark.languages[x].qids):
-        for yi, y in enumerate(pool_langs):
-            j = index[y].get(qid)
-            if j is None:
-                continue
-            for c in benchmark.languages[y].relevant[j]:
-                pq.append(i)
-                py.append(yi)
-                pc.append(offsets[yi] + c)
-    pq, py, pc = (np.asarray(a, dtype=np.int64) for a in (pq, py, pc))
+    pq, py, pc = relevant_pairs(benchmark, x, pool_langs, index, offsets)
     q = torch.as_tensor(np.asarray(query_emb[x], dtype=np.float32), device=device)
     _, total = _pair_ranks(q, c_pool, pq, py, pc, offsets, 1 << 24)
     return pq, py, total

@@ -254,6 +254,22 @@ def _sort_rows(x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
+def relevant_pairs(benchmark, x: str, pool_langs, qid_index, offsets) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One entry per (query of language ``x``, relevant candidate in the pool of ``pool_langs``):
+    ``(query index, pool language index, candidate row in the concatenated pool)``."""
+    pq, py, pc = [], [], []
+    for i, qid in enumerate(benchmark.languages[x].qids):
+        for yi, y in enumerate(pool_langs):
+            j = qid_index[y].get(qid)
+            if j is None:
+                continue
+            for c in benchmark.languages[y].relevant[j]:
+                pq.append(i)
+                py.append(yi)
+                pc.append(offsets[yi] + c)
+    return tuple(np.asarray(a, dtype=np.int64) for a in (pq, py, pc))
+
+
 def _pair_ranks(
     q: torch.Tensor,
     c_all: torch.Tensor,
@@ -344,17 +360,7 @@ def score_lareqa(
     bias: dict[str, dict[str, float]] = {}
     for xi, x in enumerate(langs):
         lx = benchmark.languages[x]
-        pq, py, pc = [], [], []
-        for i, qid in enumerate(lx.qids):
-            for yi, y in enumerate(langs):
-                j = qid_index[y].get(qid)
-                if j is None:
-                    continue
-                for c in benchmark.languages[y].relevant[j]:
-                    pq.append(i)
-                    py.append(yi)
-                    pc.append(offsets[yi] + c)
-        pq, py, pc = (np.asarray(a, dtype=np.int64) for a in (pq, py, pc))
+        pq, py, pc = relevant_pairs(benchmark, x, langs, qid_index, offsets)
         q = torch.as_tensor(np.asarray(query_emb[x], dtype=np.float32), device=dev)
         own, total = _pair_ranks(q, c_all, pq, py, pc, offsets, max_elems)
         nq = len(lx.qids)
