@@ -48,7 +48,10 @@ def ddp_first_update(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.parametrize("launcher", ["zero2-1node.yaml", "zero3-1node.yaml", "zero3-offload-1node.yaml"])
+@pytest.mark.parametrize("launcher", [
+    "zero2-1node.yaml", "zero3-1node.yaml",
+    # CPU offload builds DeepSpeed's cpu_adam op at first use (about 40 s) and runs ZeRO-3 on top
+    pytest.param("zero3-offload-1node.yaml", marks=[pytest.mark.slow, pytest.mark.ci_slow])])
 def test_zero_first_update_equals_ddp(ddp_first_update, tmp_path, launcher):
     run(2, tmp_path, *SCALE_VISIBLE, launcher=launcher)
     # the checkpoint is DeepSpeed's own (per-rank optimizer shards): the backend really ran
@@ -57,6 +60,8 @@ def test_zero_first_update_equals_ddp(ddp_first_update, tmp_path, launcher):
     _assert_same_update(ddp_first_update, tmp_path)
 
 
+@pytest.mark.slow
+@pytest.mark.ci_slow  # two 2-rank runs (about 20 s); ZeRO-2 = DDP without accumulation runs by default
 def test_zero2_gradient_accumulation_equals_ddp(tmp_path):
     """Two micro-batches per step: the training config's accumulation steps, not the launcher's
     (whose DeepSpeed config says 1), decide when the engine steps; DeepSpeed's 1/steps loss
@@ -75,6 +80,8 @@ def test_zero_gradient_cache_equals_uncached(ddp_first_update, tmp_path, launche
     _assert_same_update(ddp_first_update, tmp_path)
 
 
+@pytest.mark.slow
+@pytest.mark.ci_slow  # three ZeRO-3 runs (about 30 s)
 def test_zero3_saves_whole_model_and_resumes(tmp_path):
     """ZeRO-3 shards the weights across ranks; the saved model must still be whole, and a resumed
     run must end where an uninterrupted one does (constant schedule: the first part's shorter

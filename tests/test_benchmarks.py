@@ -24,6 +24,8 @@ def non_embedding_params(hidden: int, intermediate: int, layers: int) -> int:
     return layers * (attention + feed_forward + layer_norms)
 
 
+@pytest.mark.slow
+@pytest.mark.ci_slow  # the benchmark script end to end (about 27 s)
 def test_throughput_benchmark_toy_run(tmp_path):
     out = tmp_path / "throughput.json"
     proc = subprocess.run([sys.executable, "benchmarks/throughput.py", "--preset", "cpu-toy", "--steps", str(STEPS),

@@ -16,7 +16,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow  # about 2 min; .ci/run runs it after the README command
+@pytest.mark.slow
+@pytest.mark.ci_slow  # about 2 min
+@pytest.mark.timeout(1200)  # its subprocess may take 900 s, after the device bundle's 900 s build
 def test_rehearsal_produces_the_complete_check(tmp_path, device_bundle):
     out = tmp_path / "out"
     env = dict(os.environ, REHEARSE="1", BUNDLE=str(device_bundle), PYTHON=sys.executable, TMPDIR=str(tmp_path))

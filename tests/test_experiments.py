@@ -379,6 +379,7 @@ def test_runner_reuses_finished_runs_and_refuses_other_configs(tmp_path, xquad_d
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2500)  # its subprocesses may take 1,800 + 600 s
 def test_runner_end_to_end_tiny(tmp_path, xquad_dir):
     """Two arms, one seed, 2 steps on the CPU preset with the real model; then a second call
     skips both runs."""
@@ -401,7 +402,9 @@ def _metrics(out: Path) -> dict:
     return {(r["name"], r["seed"]): r["summary"] for r in runs}
 
 
-@pytest.mark.slow  # about 100 s; .ci/run runs it after the README command
+@pytest.mark.slow
+@pytest.mark.ci_slow  # about 100 s
+@pytest.mark.timeout(1900)  # two runner subprocesses of up to 900 s each
 def test_in_process_runner_gives_the_subprocess_runners_numbers(tmp_path, xquad_dir):
     """Three runs (zero-shot, then two trained arms from the same pretrained weights, dropout on)
     with each runner: every held-out metric and the X->Y matrix agree within 1e-6, so sharing

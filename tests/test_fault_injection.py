@@ -53,6 +53,8 @@ def test_kill9_at_a_random_step_resumes_bit_identical(reference_two_ranks, tmp_p
     assert sorted({s for s, _ in batch_log(out)}) == list(range(1, 9))
 
 
+@pytest.mark.slow
+@pytest.mark.ci_slow  # about 21 s; the kill -9 at a random step runs by default
 def test_kill9_while_writing_a_checkpoint_then_resume_on_one_process(tmp_path, xquad_dir):
     """The newest checkpoint is half written when its rank dies: it is passed over, the previous
     one is intact, and a run with a different number of processes draws the same global batches."""

@@ -54,7 +54,8 @@ def _missing() -> str | None:
     return None
 
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(_missing() is not None, reason=str(_missing()))]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200),  # a cluster start, jobs and a requeue
+              pytest.mark.skipif(_missing() is not None, reason=str(_missing()))]
 
 
 def _leftovers() -> list[str]:

@@ -381,6 +381,7 @@ def test_paper_batches(combo, configs, oracle):
 
 
 @pytest.mark.slow
+@pytest.mark.ci_slow  # 2,000 steps of every setting: about 4-5 min in all
 @pytest.mark.parametrize("combo", COMBOS, ids=[c.id for c in COMBOS])
 def test_paper_batches_2000_steps(combo, configs, oracle):
     run_combo(combo, SLOW_STEPS, configs, oracle)

@@ -171,7 +171,8 @@ def torchrun_command(out: Path, *overrides: str) -> list[str]:
             f"--master_port={free_port()}", *args]
 
 
-@pytest.mark.parametrize("launcher", ["accelerate", "torchrun"])
+@pytest.mark.parametrize("launcher", [
+    "accelerate", pytest.param("torchrun", marks=[pytest.mark.slow, pytest.mark.ci_slow])])  # ~18 s each
 def test_sigterm_to_a_two_process_launch_checkpoints_and_exits_75(tmp_path, launcher):
     out = tmp_path / "run"
     overrides = ("train.max_steps=2000", "train.save_every=0", "train.log_every=1")

@@ -183,6 +183,8 @@ def test_gradient_cache_with_retention_equals_uncached_under_ddp(ddp_retention, 
     assert rel < 1e-4, rel
 
 
+@pytest.mark.slow
+@pytest.mark.ci_slow  # three ZeRO-2 runs (about 27 s); the 2-rank DDP resume runs by default
 def test_zero2_retention_resumes_to_the_same_weights(tmp_path):
     """The anchors live in DeepSpeed's per-rank optimizer shards."""
     pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (pip install -e '.[deepspeed]')")

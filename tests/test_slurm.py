@@ -93,6 +93,8 @@ def test_two_task_job_trains_and_checkpoints(slurm_env, tmp_path):
     assert (out / "model" / "model.safetensors").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.ci_slow  # three SLURM jobs and a requeue (about 30 s); the plain 2-task job runs by default
 def test_preempted_job_requeues_and_resumes(slurm_env, tmp_path):
     out = tmp_path / "run"
     name = "hd-test-preempt"
@@ -139,6 +141,7 @@ def test_preempted_job_requeues_and_resumes(slurm_env, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # the job may take 600 s after the cluster start
 def test_tune_sbatch_runs_a_search_on_a_ray_cluster_inside_the_job(slurm_env, tmp_path):
     """slurm/tune.sbatch: Ray head started inside the allocation, the CI search (2 trials) run
     against it, best.yaml written, Ray stopped (no Ray process of the job left)."""

@@ -243,6 +243,8 @@ def tiny_search(tmp_path_factory, xquad_dir):
     return {"exp": exp, "rows": rows, "stdout": proc.stdout, "wall": wall, "marker": marker}
 
 
+@pytest.mark.slow
+@pytest.mark.ci_slow  # the real Ray search: about 100 s, shared by the module's 7 search tests
 def test_trials_ran_and_reported(tiny_search):
     rows = tiny_search["rows"]
     assert len(rows) == 4 and not [r for r in rows if r["status"] == res.ERROR]
@@ -254,6 +256,8 @@ def test_trials_ran_and_reported(tiny_search):
     assert len({r["params"]["sampler.alpha"] for r in rows}) == 4  # four different sampled points
 
 
+@pytest.mark.slow
+@pytest.mark.ci_slow  # the real Ray search: about 100 s, shared by the module's 7 search tests
 def test_asha_stopped_some(tiny_search):
     rows = tiny_search["rows"]
     stopped = [r for r in rows if r["status"] == res.STOPPED]
@@ -262,6 +266,8 @@ def test_asha_stopped_some(tiny_search):
     assert all(r["step"] < 30 for r in stopped) and all(r["step"] == 30 for r in completed)
 
 
+@pytest.mark.slow
+@pytest.mark.ci_slow  # the real Ray search: about 100 s, shared by the module's 7 search tests
 def test_failed_worker_resumed_from_its_ray_checkpoint(tiny_search):
     exp, rows = tiny_search["exp"], tiny_search["rows"]
     logs = list((exp / "trials").glob("*/restored-from.txt"))
@@ -276,6 +282,8 @@ def test_failed_worker_resumed_from_its_ray_checkpoint(tiny_search):
         assert [s for s, _ in row["history"]] == [10, 20, 30]
 
 
+@pytest.mark.slow
+@pytest.mark.ci_slow  # the real Ray search: about 100 s, shared by the module's 7 search tests
 def test_ray_checkpoints_hold_the_trainer_state(tiny_search):
     runs = sorted((tiny_search["exp"] / "train-runs").iterdir())
     assert len(runs) == 4
@@ -289,6 +297,8 @@ def test_ray_checkpoints_hold_the_trainer_state(tiny_search):
             assert (checkpoint / "random_states_1.pkl").exists()  # the second worker's state is there too
 
 
+@pytest.mark.slow
+@pytest.mark.ci_slow  # the real Ray search: about 100 s, shared by the module's 7 search tests
 def test_outputs_written(tiny_search):
     exp = tiny_search["exp"]
     md = (exp / "trials.md").read_text()
@@ -298,6 +308,8 @@ def test_outputs_written(tiny_search):
     assert "best:" in tiny_search["stdout"] and "stopped early (ASHA)" in tiny_search["stdout"]
 
 
+@pytest.mark.slow
+@pytest.mark.ci_slow  # the real Ray search: about 100 s, shared by the module's 7 search tests
 def test_best_config_trains(tiny_search, tmp_path):
     best = tiny_search["exp"] / "best.yaml"
     cfg = load_config(best)
@@ -312,6 +324,8 @@ def test_best_config_trains(tiny_search, tmp_path):
     assert "trained to step 30" in proc.stdout and (tmp_path / "best" / "model" / "model.safetensors").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.ci_slow  # the real Ray search: about 100 s, shared by the module's 7 search tests
 def test_no_ray_processes_left(tiny_search):
     deadline = time.time() + 60  # ray.shutdown() ends the instance; its actors exit within seconds
     while time.time() < deadline and ray_processes(tiny_search["marker"]):
