@@ -328,7 +328,10 @@ def test_preempted_job_checkpoints_on_both_hosts_requeues_and_resumes(cluster, t
     log = log_of(name, job)
     assert int(job_field(cluster, job, "Restarts")) == 1
     assert f"mode={mode} nodes=2" in log
-    assert "[hybrid.sbatch] preempted (exit 75)" in log
+    # srun --kill-on-bad-exit ends the slower host's rank once the faster one exits 75, so that
+    # rank's 75 may come back as 143; hybrid.sbatch requeues on the trainer's marker either way
+    assert re.search(r"\[hybrid\.sbatch\] preempted \(exit (75|143)\): checkpoint written; requeueing", log)
+    assert log.count("Exited with exit code 75") >= 1  # at least one rank ended with the preemption code
     # once per host: each host's first rank reports (Accelerate prints on local main processes),
     # both at the same step, and only in the first run
     assert re.findall(r"preempted \(SIGUSR1\) at step (\d+)", log) == [str(preempted_at)] * 2
