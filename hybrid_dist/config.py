@@ -142,6 +142,22 @@ class TrainConfig:
 
 
 @dataclass
+class BenchmarkConfig:
+    """One more benchmark the recipe evaluates next to the held-out articles of ``data.path``;
+    its numbers are logged and saved as ``<name>/<metric>`` (e.g. ``mlqa-r/multi_map``,
+    ``scifact/ndcg@10``)."""
+
+    name: str = ""  # the key prefix and table label
+    kind: Literal["lareqa", "beir", "msmarco"] = "lareqa"  # lareqa: XQuAD-R/MLQA-R layout; beir, msmarco: ad-hoc IR
+    path: str = ""
+    part: Literal["heldout", "train", "all"] = "all"  # lareqa: part of the data.split article split
+    languages: list[str] | None = None  # lareqa: None = every file
+    split: str = "test"  # beir: the qrels file (qrels/<split>.tsv)
+    max_length: int = 0  # tokens per text for this benchmark; 0: model.max_length
+    batch_size: int = 0  # 0: eval.batch_size
+
+
+@dataclass
 class EvalConfig:
     before_training: bool = True
     after_training: bool = True
@@ -150,6 +166,9 @@ class EvalConfig:
     part: Literal["heldout", "train", "all"] = "heldout"
     candidate_context: bool = False
     batch_size: int = 64
+    # more benchmarks at every evaluation (zero-shot data the model never trains on): MLQA-R,
+    # BEIR SciFact, ...; each with its own max length, its cost printed and saved (<name>/eval_s)
+    benchmarks: list[BenchmarkConfig] = field(default_factory=list)
 
 
 @dataclass
@@ -262,6 +281,27 @@ def config_problems(cfg: Config) -> list[str]:
     need("eval.metric", e.metric in metrics or e.metric in holdout,
          f"one of {', '.join(metrics)}" + (f", or a seen/unseen cell ({holdout[0]}, ...)" if holdout else ""))
     problems += _holdout_problems(cfg)
+    problems += _benchmark_problems(e.benchmarks)
+    return problems
+
+
+def _benchmark_problems(benchmarks: list[BenchmarkConfig]) -> list[str]:
+    problems, seen = [], set()
+    for i, b in enumerate(benchmarks):
+        key = f"eval.benchmarks[{i}]"
+        if not b.name or "/" in b.name or b.name != b.name.strip():
+            problems.append(f"{key}.name={b.name!r}: must be a non-empty label without '/' (it prefixes the metrics)")
+        elif b.name in seen:
+            problems.append(f"{key}.name={b.name!r}: a second benchmark with this name")
+        seen.add(b.name)
+        if not b.path:
+            problems.append(f"{key}.path='': must name the benchmark's directory")
+        if b.max_length < 0:
+            problems.append(f"{key}.max_length={b.max_length}: must be at least 0 (0: model.max_length)")
+        if b.batch_size < 0:
+            problems.append(f"{key}.batch_size={b.batch_size}: must be at least 0 (0: eval.batch_size)")
+        if b.kind != "lareqa" and (b.part != "all" or b.languages is not None):
+            problems.append(f"{key}: part and languages apply to kind=lareqa only, not kind={b.kind}")
     return problems
 
 
@@ -463,7 +503,7 @@ RESUME_FREE_KEYS = OUTPUT_KEYS | {
     "train.allow_config_change", "train.grad_cache_chunk_size", "train.length_group_size", "train.compile",
     "train.deterministic", "model.gradient_checkpointing", "model.attn_implementation", "data.num_workers",
     "eval.before_training", "eval.after_training", "eval.every_steps", "eval.metric", "eval.part",
-    "eval.candidate_context", "eval.batch_size"}
+    "eval.candidate_context", "eval.batch_size", "eval.benchmarks"}
 #: what a resume can never change: the weights' shapes (model) or the batch sequence (sampler, seed)
 RESUME_FIXED_KEYS = {
     "model.name_or_path": "the checkpoint holds weights of the model it was trained from",

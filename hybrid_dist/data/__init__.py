@@ -28,11 +28,12 @@ def load_corpus(cfg, part: str = "train", bad: BadRecords | None = None) -> Para
     Bad records follow ``cfg.on_bad_record``; pass ``bad`` to read how many were skipped."""
     from hybrid_dist.data.hf import read_hf_dataset
     from hybrid_dist.data.jsonl import read_jsonl
-    from hybrid_dist.data.squad import read_squad_dir, records_from_squad
+    from hybrid_dist.data.squad import read_squad_articles, records_from_squad
 
     bad = bad or BadRecords(cfg.on_bad_record)
+    order = None  # squad_dir: the directory's article order, the one evaluation splits by too
     if cfg.format == "squad_dir":
-        parsed = read_squad_dir(cfg.path, cfg.languages, bad, cfg.max_text_chars)
+        parsed, order = read_squad_articles(cfg.path, cfg.languages, bad, cfg.max_text_chars)
         records = records_from_squad(parsed, cfg.passage_text, cfg.max_hard_negatives)
     elif cfg.format == "jsonl":
         records = read_jsonl(cfg.path, bad, cfg.max_text_chars)
@@ -47,5 +48,5 @@ def load_corpus(cfg, part: str = "train", bad: BadRecords | None = None) -> Para
     if missing:
         raise DataError(str(cfg.path), None, "lang", f"no records for language(s) {missing}")
     split = ArticleSplit(cfg.split, cfg.heldout_fraction)
-    subset = corpus.subset(split.select(corpus.articles(), part), source=f"{cfg.path} ({part} articles)")
+    subset = corpus.subset(split.select(order or corpus.articles(), part), source=f"{cfg.path} ({part} articles)")
     return subset

@@ -225,8 +225,33 @@ def _field(obj, name: str, types, src: str, where: str):
 
 def read_squad_dir(directory: str | Path, languages: list[str] | None = None, bad: BadRecords | None = None,
                    max_chars: int = 0) -> dict[str, list[SquadArticle]]:
-    parsed = {lang: read_squad_file(path, bad, max_chars) for lang, path in language_files(directory, languages).items()}
-    return unify_titles(parsed)
+    """The files of ``languages`` (all when ``None``), parsed, with the directory's one article
+    identity (:func:`read_squad_articles`)."""
+    return read_squad_articles(directory, languages, bad, max_chars)[0]
+
+
+def read_squad_articles(directory: str | Path, languages: list[str] | None = None, bad: BadRecords | None = None,
+                        max_chars: int = 0) -> tuple[dict[str, list[SquadArticle]], list[str]]:
+    """``(parsed languages, article order)``: the one article identity that training and
+    evaluation share.
+
+    Titles are unified over **every** language file of the directory, not only ``languages``, and
+    the order (which the ``parity`` split uses) is read over all of them too: so the training side
+    (``data.train_languages``) and the evaluation side (``data.languages``) key every article
+    the same, whatever titles a language translates. Files outside ``languages`` only link
+    articles: their bad records are skipped silently and an unreadable one is left out."""
+    selected = language_files(directory, languages)
+    parsed: dict[str, list[SquadArticle]] = {}
+    for lang, path in language_files(directory).items():
+        if lang in selected:
+            parsed[lang] = read_squad_file(path, bad, max_chars)
+        else:
+            try:
+                parsed[lang] = read_squad_file(path, BadRecords("skip"), max_chars)
+            except DataError:
+                continue
+    unified = unify_titles(parsed)
+    return {lang: unified[lang] for lang in selected}, article_order(unified)
 
 
 def unify_titles(parsed: dict[str, list[SquadArticle]]) -> dict[str, list[SquadArticle]]:

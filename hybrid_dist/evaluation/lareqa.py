@@ -31,7 +31,7 @@ import torch
 
 from hybrid_dist.data.records import DataError
 from hybrid_dist.data.split import ArticleSplit
-from hybrid_dist.data.squad import SquadArticle, article_order, language_files, read_squad_file, unify_titles
+from hybrid_dist.data.squad import SquadArticle, article_order, language_files, read_squad_articles
 from hybrid_dist.evaluation.encode import encode_texts, model_fingerprint
 from hybrid_dist.evaluation.metrics import language_bias, nanmean, rank_metrics
 from hybrid_dist.evaluation.search import resolve_device
@@ -136,29 +136,33 @@ def build_lareqa(
     return LareqaBenchmark(name, source, out, part, asdict(split) if split else None, list(kept_titles))
 
 
-_PARSE_MEMO: dict[tuple, dict[str, list[SquadArticle]]] = {}
+_PARSE_MEMO: dict[tuple, tuple[dict[str, list[SquadArticle]], list[str]]] = {}
 
 
-def _read_dir_memo(data_dir: Path, languages: list[str] | None) -> dict[str, list[SquadArticle]]:
-    """``read_squad_dir`` memoised on the files' paths, sizes and mtimes, so the training loop
-    parses the benchmark once."""
-    files = language_files(data_dir, languages)
-    key = tuple((lang, str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for lang, p in files.items())
+def _read_dir_memo(data_dir: Path, languages: list[str] | None) -> tuple[dict[str, list[SquadArticle]], list[str]]:
+    """``read_squad_articles`` (the article identity training uses too) memoised on the files'
+    paths, sizes and mtimes, so the training loop parses the benchmark once."""
+    files = language_files(data_dir)
+    language_files(data_dir, languages)  # a missing language is an error naming the directory
+    key = (tuple(languages or ()),) + tuple(
+        (lang, str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for lang, p in files.items())
     if key not in _PARSE_MEMO:
         if len(_PARSE_MEMO) > 8:
             _PARSE_MEMO.clear()
-        _PARSE_MEMO[key] = unify_titles({lang: read_squad_file(p) for lang, p in files.items()})
+        _PARSE_MEMO[key] = read_squad_articles(data_dir, languages)
     return _PARSE_MEMO[key]
 
 
-def select_articles(parsed: Mapping[str, Sequence[SquadArticle]], split: ArticleSplit | None, part: str) -> set[str] | None:
-    """The article titles of ``part`` under ``split`` (same order and rule the training side uses)."""
+def select_articles(parsed: Mapping[str, Sequence[SquadArticle]], split: ArticleSplit | None, part: str,
+                    order: Sequence[str] | None = None) -> set[str] | None:
+    """The article titles of ``part`` under ``split`` (same order and rule the training side uses;
+    ``order``: the directory's article order, else the order over ``parsed``)."""
     if part not in ("train", "heldout", "all"):
         raise ValueError(f"part must be 'train', 'heldout' or 'all', got {part!r}")
     if part == "all":
         return None
     split = split or ArticleSplit()
-    return split.select(article_order(dict(parsed)), part)
+    return split.select(list(order) if order is not None else article_order(dict(parsed)), part)
 
 
 def load_lareqa(
@@ -172,11 +176,17 @@ def load_lareqa(
     LAReQA benchmark restricted to one part of the article split (``split=None``: the default
     ``ArticleSplit()``, i.e. parity)."""
     data_dir = Path(data_dir)
-    parsed = _read_dir_memo(data_dir, languages)
-    chosen = select_articles(parsed, split, part)
+    parsed, order = _read_dir_memo(data_dir, languages)
+    chosen = select_articles(parsed, split, part, order)
     if part != "all":
         split = split or ArticleSplit()
     return build_lareqa(parsed, chosen, name=name, source=str(data_dir), part=part, split=split)
+
+
+def heldout_overlap(train_ids, benchmark: LareqaBenchmark) -> set[str]:
+    """Question ids that are both training groups and questions of ``benchmark``."""
+    ids = set(train_ids)
+    return {qid for lang in benchmark.languages.values() for qid in lang.qids if qid in ids}
 
 
 # ----------------------------------------------------------------------------- result

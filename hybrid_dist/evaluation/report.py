@@ -23,7 +23,9 @@ FORMAT = "hybrid_dist.eval/1"
 #: paper layout: per benchmark, Mono / Cross / Multi mAP and language bias
 LAREQA_COLUMNS = (("Mono", "mono_map"), ("Cross", "cross_map"), ("Multi", "multi_map"),
                   ("Bias", "bias_max_rank_distance"))
-BENCHMARK_TITLES = {"xquad-r": "XQuAD-R", "mlqa-r": "MLQA-R"}
+BENCHMARK_TITLES = {"xquad-r": "XQuAD-R", "mlqa-r": "MLQA-R", "scifact": "SciFact", "beir/scifact": "SciFact"}
+#: ad-hoc retrieval columns of the results table (``<benchmark>/<metric>`` keys)
+IR_COLUMNS = (("nDCG@10", "ndcg@10"), ("MRR@10", "mrr@10"))
 LOWER_IS_BETTER = ("bias_max_rank_distance",)
 METRIC_TITLES = {"map": "mAP", "map@20": "mAP@20", "r@1": "R@1", "r@10": "R@10"}
 
@@ -134,10 +136,19 @@ def format_results_table(rows: Mapping[str, Mapping[str, float]], benchmark: str
                 benches.setdefault(bench, None)
     if not benches:
         benches[benchmark] = None
+    ir_cols: dict[tuple[str, str, str], None] = {}  # (benchmark, column name, metric)
+    for metrics in rows.values():
+        for key in metrics:
+            if "/" in key:
+                bench, base = key.rsplit("/", 1)
+                for name, metric in IR_COLUMNS:
+                    if base == metric:
+                        ir_cols.setdefault((bench, name, metric), None)
     header = ["Model / sampling"]
     for bench in benches:
         title = BENCHMARK_TITLES.get(bench, bench)
         header += [f"{title} {name}" + (" ↓" if metric in LOWER_IS_BETTER else "") for name, metric in LAREQA_COLUMNS]
+    header += [f"{BENCHMARK_TITLES.get(bench, bench)} {name}" for bench, name, _ in ir_cols]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join([" --- "] + [" ---: "] * (len(header) - 1)) + "|"]
     for label, metrics in rows.items():
         cells = [str(label)]
@@ -145,6 +156,7 @@ def format_results_table(rows: Mapping[str, Mapping[str, float]], benchmark: str
             for _, metric in LAREQA_COLUMNS:
                 value = metrics.get(f"{bench}/{metric}", metrics.get(metric) if bench == benchmark else None)
                 cells.append(_fmt(value, metric))
+        cells += [_fmt(metrics.get(f"{bench}/{metric}"), metric) for bench, _, metric in ir_cols]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -61,7 +61,8 @@ class Trainer:
         preflight.check_output_dir(acc, self.out)
         self.resume_from = choose_resume(acc, cfg, self.out)  # before anything is written
         self.corpus = self._load_corpus()
-        preflight.check_evaluation_data(cfg)
+        preflight.check_evaluation_data(cfg, self.corpus.group_ids)
+        preflight.check_benchmarks(cfg)
         self.sampler = sampler_for(cfg, self.corpus)
         self.sampler.micro_pool_size(acc.num_processes, cfg.train.gradient_accumulation_steps)
         model = components.apply_training_options(self._load_pretrained(self._model_source()), cfg)
@@ -171,29 +172,47 @@ class Trainer:
         return summary
 
     def evaluate(self) -> dict[str, float]:
-        """Held-out LAReQA evaluation; a collective call: each rank encodes a shard of the texts,
-        every rank scores the gathered embeddings (about a second), the main process logs."""
+        """Held-out LAReQA evaluation, then every ``eval.benchmarks`` entry; a collective call:
+        each rank encodes a shard of the texts, every rank scores the gathered embeddings (about a
+        second), the main process logs."""
         cfg, acc = self.cfg, self.accelerator
-        if cfg.data.format != "squad_dir":
-            acc.print("evaluation skipped: the built-in held-out evaluation needs data.format=squad_dir")
-            return {}
         from hybrid_dist.data.split import ArticleSplit
-        from hybrid_dist.evaluation import evaluate_xquad_r
 
-        result = evaluate_xquad_r(
-            acc.unwrap_model(self.model), cfg.data.path, split=ArticleSplit(cfg.data.split, cfg.data.heldout_fraction),
-            part=cfg.eval.part, languages=cfg.data.languages, candidate_context=cfg.eval.candidate_context,
-            batch_size=cfg.eval.batch_size, show_progress=cfg.train.progress_bar and acc.is_main_process,
-            # ZeRO-3's forwards are collective: every rank must encode the same batches
-            shard_across_ranks=acc.num_processes > 1 and not self.driver.forward_is_collective,
-            seen_languages=cfg.data.train_languages,
-        )
-        self.last_evaluation = result
-        summary = dict(result.summary)
-        if result.groups:  # a language hold-out: the seen/unseen cells as flat keys too
-            from hybrid_dist.evaluation.holdout import flat_cells
+        split = ArticleSplit(cfg.data.split, cfg.data.heldout_fraction)
+        model = acc.unwrap_model(self.model)
+        # ZeRO-3's forwards are collective: every rank must encode the same batches
+        shard = acc.num_processes > 1 and not self.driver.forward_is_collective
+        show = cfg.train.progress_bar and acc.is_main_process
+        summary: dict[str, float] = {}
+        if cfg.data.format != "squad_dir":
+            if not cfg.eval.benchmarks:
+                acc.print("evaluation skipped: the built-in held-out evaluation needs data.format=squad_dir")
+                return {}
+        else:
+            from hybrid_dist.evaluation import evaluate_xquad_r
 
-            summary.update(flat_cells(result.groups))
+            result = evaluate_xquad_r(
+                model, cfg.data.path, split=split, part=cfg.eval.part, languages=cfg.data.languages,
+                candidate_context=cfg.eval.candidate_context, batch_size=cfg.eval.batch_size, show_progress=show,
+                shard_across_ranks=shard, seen_languages=cfg.data.train_languages,
+            )
+            self.last_evaluation = result
+            summary.update(result.summary)
+            if result.groups:  # a language hold-out: the seen/unseen cells as flat keys too
+                from hybrid_dist.evaluation.holdout import flat_cells
+
+                summary.update(flat_cells(result.groups))
+            acc.print(f"evaluated {Path(cfg.data.path).name} ({cfg.eval.part}) in {result.timings['total_s']:.0f}s "
+                      f"at max length {getattr(model, 'max_length', '?')}")
+        if cfg.eval.benchmarks:
+            from hybrid_dist.evaluation.suite import evaluate_benchmark
+
+            for bench in cfg.eval.benchmarks:
+                numbers = evaluate_benchmark(model, bench, split, cfg.eval.batch_size, cfg.eval.candidate_context,
+                                             shard, show)
+                summary.update(numbers)
+                acc.print(f"evaluated {bench.name} in {numbers[f'{bench.name}/eval_s']:.0f}s at max length "
+                          f"{numbers[f'{bench.name}/max_length']:.0f}")
         acc.log({f"eval/{k}": v for k, v in summary.items()}, step=self.step)
         return summary
 

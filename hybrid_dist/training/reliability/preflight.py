@@ -112,24 +112,50 @@ def check_room_for_checkpoints(accelerator, cfg, out: Path, model) -> None:
     collective_check(accelerator, check, main_only=True, error=PreflightError)
 
 
-def check_evaluation_data(cfg) -> None:
+def check_evaluation_data(cfg, train_group_ids=None) -> None:
     """Held-out evaluation reads data.path strictly (data.on_bad_record does not apply to it):
     with skipped records, a file it would reject must stop the run now, not at the first
-    evaluation hours later."""
+    evaluation hours later. With ``train_group_ids`` (the training corpus' question ids): the
+    held-out questions must be none of them, or the held-out numbers measure memorised data."""
     e = cfg.eval
-    if cfg.data.on_bad_record != "skip" or cfg.data.format != "squad_dir" or not (
-            e.before_training or e.after_training or e.every_steps):
+    if cfg.data.format != "squad_dir" or not (e.before_training or e.after_training or e.every_steps):
+        return
+    if cfg.data.on_bad_record != "skip" and (train_group_ids is None or e.part != "heldout"):
         return
     from hybrid_dist.data import DataError
     from hybrid_dist.data.split import ArticleSplit
-    from hybrid_dist.evaluation.lareqa import load_lareqa
+    from hybrid_dist.evaluation.lareqa import heldout_overlap, load_lareqa
 
     try:  # memoised: the evaluation itself reuses this parse
-        load_lareqa(cfg.data.path, cfg.data.languages, ArticleSplit(cfg.data.split, cfg.data.heldout_fraction), e.part)
+        bench = load_lareqa(cfg.data.path, cfg.data.languages, ArticleSplit(cfg.data.split, cfg.data.heldout_fraction),
+                            e.part)
     except DataError as err:
         raise DataError(err.source, err.where, err.field_name,
                         f"{err.problem} (held-out evaluation reads the data strictly: fix it, or turn evaluation off "
                         "with eval.before_training=false eval.after_training=false eval.every_steps=0)") from None
+    if train_group_ids is None or e.part != "heldout":
+        return
+    overlap = heldout_overlap(train_group_ids, bench)
+    if overlap:
+        held = len({q for lang in bench.languages.values() for q in lang.qids})
+        shown = ", ".join(sorted(overlap)[:3])
+        raise DataError(str(cfg.data.path), None, "data.split",
+                        f"{len(overlap)} of {held} held-out questions are also training questions (e.g. {shown}): "
+                        "training and evaluation disagree on which article a question belongs to; the held-out "
+                        "numbers would measure memorised questions")
+
+
+def check_benchmarks(cfg) -> None:
+    """Every ``eval.benchmarks`` path is there before training starts (not at the first
+    evaluation, after hours of training)."""
+    e = cfg.eval
+    if not e.benchmarks or not (e.before_training or e.after_training or e.every_steps):
+        return
+    from hybrid_dist.evaluation.suite import benchmark_problems
+
+    problems = benchmark_problems(e.benchmarks)
+    if problems:
+        raise problems[0]
 
 
 def directory_bytes(path: Path) -> int:
