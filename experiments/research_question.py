@@ -28,7 +28,7 @@ from pathlib import Path
 
 from experiments.arms import CONFIG_DIR
 from experiments.inprocess import StudySession, train_in_process
-from experiments.run import _fmt_s, _now, device_info, git_info
+from experiments.run import _now, device_info, git_info, run_record
 from experiments.summarize import stats
 from hybrid_dist import atomic
 from hybrid_dist.config import load_config
@@ -176,18 +176,7 @@ def _write(args, command: str, t0: float, ran: list, final: bool) -> int:
                     "finished": _now(), "wall_s": time.time() - t0, "size": args.size, "overrides": args.overrides,
                     "device": device_info(), "git": git_info(), "ran": ran})
     atomic.write_json(history_path, history, indent=1)
-    lines = [f"# Run record: {args.out.name}", ""]
-    for i, inv in enumerate(history, 1):
-        lines += [f"## Invocation {i}", "",
-                  f"- date: {inv['started']} to {inv['finished']} (UTC); wall time {_fmt_s(inv['wall_s'])}",
-                  f"- device: {inv['device']['summary']}",
-                  f"- command (repository root): `{inv['command']}`",
-                  f"- size: `{inv['size']}` ({SIZES[inv['size']][0]})",
-                  f"- git commit: {inv['git']['commit']}" + (" (plus uncommitted changes)"
-                                                             if inv['git']['uncommitted_changes'] else ""), "",
-                  "| run | seed | exit | wall |", "| --- | ---: | ---: | ---: |",
-                  *[f"| {r['arm']} | {r['seed']} | {r['rc']} | {_fmt_s(r['wall_s'])} |" for r in inv["ran"]], ""]
-    atomic.write_text(args.out / "RUN.md", "\n".join(lines))
+    atomic.write_text(args.out / "RUN.md", run_record(args.out.name, history, lambda inv: f"- size: `{inv['size']}` ({SIZES[inv['size']][0]})"))
     print(table)
     return 0 if all(r["rc"] == 0 for r in ran) else 1
 

@@ -189,6 +189,23 @@ def git_info() -> dict:
     return {"commit": git("rev-parse", "HEAD"), "uncommitted_changes": bool(git("status", "--porcelain"))}
 
 
+def run_record(name: str, history: list[dict], size_line) -> str:
+    """RUN.md of an in-process study: one section per invocation (``size_line(invocation)``: its
+    size line), with every run's exit code and wall time."""
+    lines = [f"# Run record: {name}", ""]
+    for i, inv in enumerate(history, 1):
+        lines += [f"## Invocation {i}", "", *([inv["note"], ""] if inv.get("note") else []),
+                  f"- date: {inv['started']} to {inv['finished']} (UTC); wall time {_fmt_s(inv['wall_s'])}",
+                  f"- device: {inv['device']['summary']}",
+                  f"- command (repository root): `{inv['command']}`",
+                  size_line(inv),
+                  f"- git commit: {inv['git']['commit']}" + (" (plus uncommitted changes)"
+                                                             if inv['git']['uncommitted_changes'] else ""), "",
+                  "| run | seed | exit | wall |", "| --- | ---: | ---: | ---: |",
+                  *[f"| {r['arm']} | {r['seed']} | {r['rc']} | {_fmt_s(r['wall_s'])} |" for r in inv["ran"]], ""]
+    return "\n".join(lines)
+
+
 def _fmt_s(seconds: float | None) -> str:
     if seconds is None:
         return "–"
