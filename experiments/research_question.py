@@ -84,7 +84,8 @@ def aggregate(out: Path) -> dict:
     paired = sorted(set.intersection(*(set(runs[a]) for a in TRAINED))) if all(runs[a] for a in TRAINED) else []
     agg: dict = {"paired_seeds": paired, "arms": {}, "differences": {}}
     for arm in ARMS:
-        seeds = sorted(runs[arm]) if arm == "zero-shot" else paired
+        # before every trained arm has a seed in common, each arm shows what it finished (unpaired)
+        seeds = sorted(runs[arm]) if arm == "zero-shot" or not paired else paired
         if seeds:
             agg["arms"][arm] = {"seeds": seeds, **{k: stats([runs[arm][s].get(k) for s in seeds]) for _, k, _ in METRICS},
                                 "eval_s": {k: runs[arm][seeds[0]].get(f"{k}/eval_s") for k in ("mlqa-r", "scifact")}}
@@ -117,7 +118,7 @@ def _d(st: dict | None, bias: bool) -> str:
 def format_table(agg: dict) -> str:
     arms = agg["arms"]
     diffs = agg["differences"]
-    header = ["metric", *[a for a in ARMS if a in arms], *diffs]
+    header = ["metric", *[f"{a} (seeds {','.join(map(str, arms[a]['seeds']))})" for a in ARMS if a in arms], *diffs]
     lines = ["| " + " | ".join(header) + " |", "| --- |" + " ---: |" * (len(header) - 1)]
     for label, key, bias in METRICS:
         cells = [label + (" ↓" if bias else "")]
