@@ -118,9 +118,10 @@ def check_evaluation_data(cfg, train_group_ids=None) -> None:
     evaluation hours later. With ``train_group_ids`` (the training corpus' question ids): the
     held-out questions must be none of them, or the held-out numbers measure memorised data."""
     e = cfg.eval
+    check_overlap = train_group_ids is not None and e.part == "heldout"
     if cfg.data.format != "squad_dir" or not (e.before_training or e.after_training or e.every_steps):
         return
-    if cfg.data.on_bad_record != "skip" and (train_group_ids is None or e.part != "heldout"):
+    if cfg.data.on_bad_record != "skip" and not check_overlap:
         return
     from hybrid_dist.data import DataError
     from hybrid_dist.data.split import ArticleSplit
@@ -133,7 +134,7 @@ def check_evaluation_data(cfg, train_group_ids=None) -> None:
         raise DataError(err.source, err.where, err.field_name,
                         f"{err.problem} (held-out evaluation reads the data strictly: fix it, or turn evaluation off "
                         "with eval.before_training=false eval.after_training=false eval.every_steps=0)") from None
-    if train_group_ids is None or e.part != "heldout":
+    if not check_overlap:
         return
     overlap = heldout_overlap(train_group_ids, bench)
     if overlap:
